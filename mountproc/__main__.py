@@ -1,0 +1,5 @@
+"""``python -m mountproc``."""
+
+from mountproc._cli import main
+
+main()

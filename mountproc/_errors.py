@@ -1,0 +1,52 @@
+"""The exception tree of mountproc; each class carries the exit code the CLI uses.
+
+    MountprocError (1)
+    ├── UsageError (2) ........... the user must change something before a run can start
+    │   ├── SettingsError ........ an invalid setting, named
+    │   ├── JobFileError ......... the job file cannot be loaded or declares an invalid job
+    │   ├── MountError ........... the mount preflight failed for a path
+    │   └── OutputsNotEmptyError . outputs already hold results of this job
+    ├── FailureBudgetExceeded (1)  more files failed than --max-failures allows
+    └── ClusterError (1) ......... the Dask cluster could not be started or reached
+
+Per-file problems are never exceptions across module boundaries: they are records with a
+status and a reason (see ``mountproc._records``).
+"""
+
+from __future__ import annotations
+
+
+class MountprocError(Exception):
+    """Base class of every error mountproc reports to a user."""
+
+    exit_code: int = 1
+
+
+class UsageError(MountprocError):
+    """A mistake the user fixes before running again (exit code 2)."""
+
+    exit_code = 2
+
+
+class SettingsError(UsageError):
+    """A setting has an invalid value."""
+
+
+class JobFileError(UsageError):
+    """The job file cannot be loaded, or it declares an invalid job."""
+
+
+class MountError(UsageError):
+    """A mount or directory failed the preflight."""
+
+
+class OutputsNotEmptyError(UsageError):
+    """The outputs directory already holds results of this job."""
+
+
+class FailureBudgetExceeded(MountprocError):
+    """More files failed than the failure budget allows (exit code 1)."""
+
+
+class ClusterError(MountprocError):
+    """The Dask cluster could not be started or reached."""

@@ -1,0 +1,97 @@
+"""Plain, picklable records that flow between the stages and over the Dask cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Status(str, Enum):
+    """What happened to one listed entry."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class Kind(str, Enum):
+    """The kind of a directory entry, as the crawl saw it (symlinks are never followed)."""
+
+    FILE = "file"
+    DIRECTORY = "directory"
+    SYMLINK = "symlink"
+    FIFO = "fifo"
+    SOCKET = "socket"
+    DEVICE = "device"
+    OTHER = "other"
+    UNREADABLE = "unreadable"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One listed regular file: path relative to the source root (``str`` with surrogates
+    for non-UTF-8 bytes, exactly as ``os.scandir`` returns it)."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A job file as it travels to workers: its text, so workers need not have the file."""
+
+    filename: str
+    source: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Everything a worker needs to run one shard, and nothing that needs the driver."""
+
+    index: int
+    job: JobRef
+    params_json: str
+    source_root: str
+    work_dir: str
+    tar_name: str
+    entries: tuple[FileEntry, ...]
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """The outcome for one file of a shard."""
+
+    path: str
+    status: Status
+    error: str | None = None
+    members: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    """The outcome of one shard: the tar it built in scratch and one result per file."""
+
+    index: int
+    tar_path: str
+    tar_name: str
+    sha256: str
+    tar_bytes: int
+    results: tuple[FileResult, ...] = field(default=())
+    worker: str = ""
+
+    @property
+    def files_ok(self) -> int:
+        """Files whose transform succeeded."""
+        return sum(1 for r in self.results if r.status is Status.OK)
+
+    @property
+    def files_failed(self) -> int:
+        """Files whose transform failed."""
+        return sum(1 for r in self.results if r.status is Status.FAILED)
+
+    @property
+    def member_count(self) -> int:
+        """Tar members written for this shard."""
+        return sum(len(r.members) for r in self.results)
