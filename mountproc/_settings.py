@@ -1,0 +1,229 @@
+"""Run settings, validated once at the edge: CLI > ``MOUNTPROC_*`` env > Valohai parameters >
+job defaults (pydantic-settings does the layering)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, ByteSize, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mountproc import _valohai
+from mountproc._errors import SettingsError
+from mountproc._job import Job, check_dataset_uri
+
+log = logging.getLogger(__name__)
+
+PARAM_ENV_PREFIX = "MOUNTPROC_PARAM_"
+
+
+def _env(name: str, *extra: str) -> AliasChoices:
+    return AliasChoices(name, f"MOUNTPROC_{name.upper()}", *extra)
+
+
+@dataclass(frozen=True)
+class FailureBudget:
+    """How many failed files a run may have: an absolute count, or a fraction of the files."""
+
+    count: int | None = None
+    fraction: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> FailureBudget:
+        """Parse ``"10"``, ``"0.05"`` or ``"5%"``."""
+        t = text.strip()
+        if re.fullmatch(r"\d+", t):
+            return cls(count=int(t))
+        m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(%?)", t)
+        if not m:
+            raise ValueError("expected a count (10), a fraction (0.05) or a percentage (5%)")
+        value = float(m.group(1)) / (100 if m.group(2) else 1)
+        if not 0 <= value <= 1:
+            raise ValueError("a fraction must be between 0 and 1 (or 0% and 100%)")
+        return cls(fraction=value)
+
+    def allows(self, failed: int, total: int) -> bool:
+        """True when ``failed`` files out of ``total`` are within the budget."""
+        if self.count is not None:
+            return failed <= self.count
+        return failed <= (self.fraction or 0.0) * total
+
+    def __str__(self) -> str:
+        return str(self.count) if self.count is not None else f"{(self.fraction or 0) * 100:g}%"
+
+
+class RunSettings(BaseSettings):
+    """Every setting of ``mountproc run``; see the README's settings table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MOUNTPROC_", populate_by_name=True, extra="forbid", frozen=True
+    )
+
+    source: Path | None = None
+    outputs: Path | None = Field(None, validation_alias=_env("outputs", "VH_OUTPUTS_DIR"))
+    scratch: Path | None = None
+    test_mode: bool = Field(False, validation_alias=_env("test_mode", "TEST_MODE"))
+    test_size: int = Field(100, ge=1)
+    workers: int | None = Field(None, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    scheduler: str | None = Field(
+        None, validation_alias=_env("scheduler", "DASK_SCHEDULER_ADDRESS")
+    )
+    dataset: str | None = None
+    dataset_from: str | None = None
+    dataset_start_fresh: bool = False
+    dataset_aliases: tuple[str, ...] = ()
+    shard_max_files: int = Field(1000, ge=1)
+    shard_max_bytes: ByteSize = Field(ByteSize(1 << 30), gt=0)
+    max_failures: str = "1%"
+    strict_mounts: bool | None = None
+    allow_writable: bool = False
+    fresh: bool = False
+
+    @field_validator("dataset", "dataset_from")
+    @classmethod
+    def _dataset_uri(cls, v: str | None) -> str | None:
+        return None if v is None else check_dataset_uri(v, "dataset")
+
+    @field_validator("max_failures")
+    @classmethod
+    def _budget(cls, v: str) -> str:
+        FailureBudget.parse(v)
+        return v
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, v: str | None) -> str | None:
+        if v and not re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://", v):
+            raise ValueError("expected an address like tcp://host:8786 or tls://host:8786")
+        return v or None
+
+    @property
+    def budget(self) -> FailureBudget:
+        """The parsed failure budget."""
+        return FailureBudget.parse(self.max_failures)
+
+
+class _DictSource(PydanticBaseSettingsSource):
+    """A fixed mapping as a settings source (Valohai parameters, job defaults)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: Mapping[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = dict(data)
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """Settings with every default resolved, plus the validated job parameters."""
+
+    settings: RunSettings
+    source: Path
+    outputs: Path
+    scratch: Path
+    strict_mounts: bool
+    on_valohai: bool
+    params: Any
+
+
+def flag_name(field: str) -> str:
+    """The CLI flag of a settings field (``test_size`` -> ``--test-size``)."""
+    return "--" + field.replace("_", "-")
+
+
+def resolve(
+    job: Job, cli: Mapping[str, Any], cli_params: Mapping[str, Any], environ: Mapping[str, str]
+) -> ResolvedRun:
+    """Validate every setting and job parameter; raise ``SettingsError`` naming the bad one."""
+    vh_settings, vh_params = _split_valohai(job, _valohai.read_parameters(environ))
+    settings = _build(cli, vh_settings, _job_defaults(job))
+    params = job.parse_params(_layer_params(job, vh_params, cli_params, environ))
+    source = settings.source or (Path(job.source) if job.source else None)
+    if source is None:
+        raise SettingsError(f"job {job.name!r} declares no source: pass --source DIR")
+    outputs = (settings.outputs or _valohai.default_outputs(environ)).absolute()
+    scratch = (settings.scratch or _valohai.default_scratch(outputs)).absolute()
+    on_vh = _valohai.on_valohai(environ)
+    strict = on_vh if settings.strict_mounts is None else settings.strict_mounts
+    return ResolvedRun(settings, source, outputs, scratch, strict, on_vh, params)
+
+
+def _build(
+    cli: Mapping[str, Any], vh: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> RunSettings:
+    class _Layered(RunSettings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (
+                init_settings,
+                env_settings,
+                _DictSource(settings_cls, vh),
+                _DictSource(settings_cls, defaults),
+            )
+
+    try:
+        return _Layered(**{k: v for k, v in cli.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "settings"
+        raise SettingsError(f"invalid setting {flag_name(field)}: {_clean(err['msg'])}") from None
+
+
+def _clean(msg: str) -> str:
+    return msg.removeprefix("Value error, ")
+
+
+def _job_defaults(job: Job) -> dict[str, Any]:
+    unknown = sorted(set(job.settings) - set(RunSettings.model_fields))
+    if unknown:
+        raise SettingsError(
+            f"job {job.name!r}: unknown setting {unknown[0]!r} in Job(settings=...)"
+        )
+    defaults = dict(job.settings)
+    if job.dataset:
+        defaults.setdefault("dataset", job.dataset)
+    return defaults
+
+
+def _split_valohai(job: Job, values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    settings, params = {}, {}
+    for key, value in values.items():
+        if key in job.params.model_fields:
+            params[key] = value
+        elif key in RunSettings.model_fields:
+            settings[key] = value
+        else:
+            log.warning(
+                "Valohai parameter %r is neither a mountproc setting nor a job parameter; ignored",
+                key,
+            )
+    return settings, params
+
+
+def _layer_params(
+    job: Job, vh: Mapping[str, Any], cli: Mapping[str, Any], environ: Mapping[str, str]
+) -> dict[str, Any]:
+    from_env = {
+        key[len(PARAM_ENV_PREFIX) :].lower(): value
+        for key, value in environ.items()
+        if key.upper().startswith(PARAM_ENV_PREFIX)
+    }
+    return {**vh, **from_env, **cli}
