@@ -1,0 +1,198 @@
+"""A streaming, deterministic crawl of a source tree into a Parquet listing.
+
+Directory entries are visited in sorted order (depth first), symlinks are never followed, and
+non-regular files are never opened: they become ``skipped`` rows with the reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import re
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mountproc._records import Kind
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 50_000
+
+LISTING_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("path_raw", pa.binary()),
+        ("kind", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("skip_reason", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One row of the listing: a file to process (``skip_reason is None``) or a skipped entry."""
+
+    path: str
+    kind: Kind
+    size: int | None = None
+    mtime_ns: int | None = None
+    skip_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ListingStats:
+    """What the crawl saw."""
+
+    entries: int
+    eligible: int
+    eligible_bytes: int
+
+
+class Patterns:
+    """Case-insensitive include/exclude globs; a pattern with ``/`` matches the relative path,
+    one without matches the name."""
+
+    def __init__(self, include: Iterable[str], exclude: Iterable[str]) -> None:
+        self._include = _compile(include)
+        self._exclude = _compile(exclude)
+
+    def excluded(self, relpath: str) -> bool:
+        """True when an exclude pattern matches."""
+        return self._exclude is not None and _matches(self._exclude, relpath)
+
+    def included(self, relpath: str) -> bool:
+        """True when an include pattern matches and no exclude pattern does."""
+        if self.excluded(relpath):
+            return False
+        return self._include is None or _matches(self._include, relpath)
+
+
+def _compile(patterns: Iterable[str]) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
+    pats = list(patterns)
+    if not pats:
+        return None
+    by_name = [fnmatch.translate(p) for p in pats if "/" not in p] or ["(?!)"]
+    by_path = [fnmatch.translate(p.strip("/")) for p in pats if "/" in p] or ["(?!)"]
+    return re.compile("|".join(by_name), re.I | re.S), re.compile("|".join(by_path), re.I | re.S)
+
+
+def _matches(compiled: tuple[re.Pattern[str], re.Pattern[str]], relpath: str) -> bool:
+    name = relpath.rsplit("/", 1)[-1]
+    return bool(compiled[0].match(name) or compiled[1].match(relpath))
+
+
+def crawl(root: Path, patterns: Patterns) -> Iterator[Listed]:
+    """Yield every entry under ``root`` in sorted, depth-first order."""
+    stack: list[Iterator[os.DirEntry[str]]] = []
+    prefixes: list[str] = []
+    opened = _open_dir(str(root), "")
+    if isinstance(opened, Listed):
+        yield opened
+        return
+    stack.append(opened)
+    prefixes.append("")
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            prefixes.pop()
+            continue
+        rel = prefixes[-1] + entry.name
+        if entry.is_dir(follow_symlinks=False) and not entry.is_symlink():
+            if patterns.excluded(rel):
+                yield Listed(rel, Kind.DIRECTORY, skip_reason="directory excluded by pattern")
+                continue
+            sub = _open_dir(entry.path, rel)
+            if isinstance(sub, Listed):
+                yield sub
+            else:
+                stack.append(sub)
+                prefixes.append(rel + "/")
+            continue
+        yield _classify(entry, rel, patterns)
+
+
+def _open_dir(path: str, rel: str) -> Iterator[os.DirEntry[str]] | Listed:
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        return Listed(
+            rel or ".", Kind.UNREADABLE, skip_reason=f"cannot list directory: {exc.strerror}"
+        )
+    return iter(entries)
+
+
+def _classify(entry: os.DirEntry[str], rel: str, patterns: Patterns) -> Listed:
+    if entry.is_symlink():
+        return Listed(rel, Kind.SYMLINK, skip_reason="symlink (never followed)")
+    if entry.is_file(follow_symlinks=False):
+        if not patterns.included(rel):
+            return Listed(rel, Kind.FILE, skip_reason="not selected by include/exclude patterns")
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError as exc:
+            return Listed(rel, Kind.UNREADABLE, skip_reason=f"cannot stat: {exc.strerror}")
+        return Listed(rel, Kind.FILE, st.st_size, st.st_mtime_ns)
+    kind = _special_kind(entry)
+    return Listed(rel, kind, skip_reason=f"not a regular file ({kind.value})")
+
+
+def _special_kind(entry: os.DirEntry[str]) -> Kind:
+    try:
+        mode = entry.stat(follow_symlinks=False).st_mode
+    except OSError:
+        return Kind.UNREADABLE
+    if stat.S_ISFIFO(mode):
+        return Kind.FIFO
+    if stat.S_ISSOCK(mode):
+        return Kind.SOCKET
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return Kind.DEVICE
+    return Kind.OTHER
+
+
+def display_path(path: str) -> str:
+    """A valid-UTF-8 rendering of a path (undecodable bytes as ``\\xNN``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def write_listing(root: Path, patterns: Patterns, out: Path) -> ListingStats:
+    """Crawl ``root`` into the Parquet file ``out`` in bounded batches."""
+    entries = eligible = eligible_bytes = 0
+    with pq.ParquetWriter(out, LISTING_SCHEMA) as writer:
+        batch: list[Listed] = []
+        for row in crawl(root, patterns):
+            entries += 1
+            if row.skip_reason is None:
+                eligible += 1
+                eligible_bytes += row.size or 0
+            batch.append(row)
+            if len(batch) >= BATCH_ROWS:
+                writer.write_batch(_to_batch(batch))
+                batch = []
+        writer.write_batch(_to_batch(batch))
+    log.info("listed %d entries under %s: %d files to process", entries, root, eligible)
+    return ListingStats(entries, eligible, eligible_bytes)
+
+
+def _to_batch(rows: list[Listed]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict(
+        {
+            "path": [display_path(r.path) for r in rows],
+            "path_raw": [os.fsencode(r.path) for r in rows],
+            "kind": [r.kind.value for r in rows],
+            "size": [r.size for r in rows],
+            "mtime_ns": [r.mtime_ns for r in rows],
+            "skip_reason": [r.skip_reason for r in rows],
+        },
+        schema=LISTING_SCHEMA,
+    )
