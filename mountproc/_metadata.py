@@ -1,0 +1,203 @@
+"""What a run leaves beside its tars: per-shard records, the Parquet manifest (one row per
+listed entry), the JSON summary, and ``valohai.metadata.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mountproc._records import FileResult, ShardResult, Status
+from mountproc._sharding import PLAN_SCHEMA
+
+METADATA_NAME = "valohai.metadata.jsonl"
+NOT_PROCESSED = "not processed: the run ended before this shard finished"
+
+RESULTS_SCHEMA = pa.schema(
+    [
+        ("path_raw", pa.binary()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("members", pa.list_(pa.string())),
+    ]
+)
+MANIFEST_SCHEMA = pa.schema(
+    [f for f in PLAN_SCHEMA if f.name != "skip_reason"]
+    + [
+        pa.field("tar", pa.string()),
+        pa.field("status", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("members", pa.list_(pa.string())),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """A finished, published shard: what went into which tar (also the completion marker)."""
+
+    index: int
+    tar: str
+    sha256: str
+    bytes: int
+    files_ok: int
+    files_failed: int
+    files_skipped: int
+    members: int
+
+
+@dataclass(frozen=True)
+class DatasetTarget:
+    """Where published tars are registered in Valohai, or ``None`` for nowhere."""
+
+    uri: str
+    start_fresh: bool = False
+    base: str | None = None
+    aliases: tuple[str, ...] = ()
+
+    def entry(self) -> dict[str, Any]:
+        """The ``valohai.dataset-versions`` object for one file."""
+        out: dict[str, Any] = {"uri": self.uri, "packaging": True}
+        if self.base:
+            out["from"] = self.base
+        if self.start_fresh:
+            out["start_fresh"] = True
+        if self.aliases:
+            out["targeting_aliases"] = list(self.aliases)
+        return out
+
+
+def write_results(path: Path, results: Sequence[FileResult]) -> None:
+    """Write one shard's per-file results."""
+    table = pa.table(
+        {
+            "path_raw": [os.fsencode(r.path) for r in results],
+            "status": [r.status.value for r in results],
+            "error": [r.error for r in results],
+            "members": [list(r.members) for r in results],
+        },
+        schema=RESULTS_SCHEMA,
+    )
+    pq.write_table(table, path)
+
+
+def shard_record(result: ShardResult) -> ShardRecord:
+    """The record of a published shard."""
+    skipped = len(result.results) - result.files_ok - result.files_failed
+    return ShardRecord(
+        result.index,
+        result.tar_name,
+        result.sha256,
+        result.tar_bytes,
+        result.files_ok,
+        result.files_failed,
+        skipped,
+        result.member_count,
+    )
+
+
+def write_record(path: Path, record: ShardRecord) -> None:
+    """Write a shard record atomically."""
+    write_json(path, asdict(record))
+
+
+def read_records(directory: Path) -> list[ShardRecord]:
+    """Every shard record in ``directory``, in shard order."""
+    return [
+        ShardRecord(**json.loads(p.read_text())) for p in sorted(directory.glob("shard-*.json"))
+    ]
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def write_manifest(plan: Path, results_dir: Path, tar_names: Mapping[int, str], out: Path) -> None:
+    """Merge the plan with every shard's results into one row per listed entry, streaming."""
+    reader = _ShardResults(results_dir)
+    with pq.ParquetWriter(out, MANIFEST_SCHEMA) as writer:
+        for batch in pq.ParquetFile(plan).iter_batches():
+            cols = batch.to_pydict()
+            rows = [
+                reader.resolve(raw, shard, reason)
+                for raw, shard, reason in zip(
+                    cols["path_raw"], cols["shard"], cols["skip_reason"], strict=True
+                )
+            ]
+            cols.pop("skip_reason")
+            cols["tar"] = [tar_names.get(s) if s is not None else None for s in cols["shard"]]
+            cols["status"], cols["error"], cols["members"] = (
+                (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [])
+            )
+            writer.write_batch(pa.RecordBatch.from_pydict(cols, schema=MANIFEST_SCHEMA))
+
+
+class _ShardResults:
+    """Reads shard result files in order as the plan streams past (shards are contiguous)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.shard: int | None = None
+        self.rows: Iterator[tuple[bytes, str, str | None, list[str]]] = iter(())
+
+    def resolve(
+        self, raw: bytes, shard: int | None, reason: str | None
+    ) -> tuple[str, str | None, list[str]]:
+        if shard is None:
+            return Status.SKIPPED.value, reason, []
+        if shard != self.shard:
+            self.shard, self.rows = shard, self._load(shard)
+        row = next(self.rows, None)
+        if row is None:
+            return Status.FAILED.value, NOT_PROCESSED, []
+        if row[0] != raw:
+            raise RuntimeError(f"shard {shard} results do not match the plan at {raw!r}")
+        return row[1], row[2], row[3]
+
+    def _load(self, shard: int) -> Iterator[tuple[bytes, str, str | None, list[str]]]:
+        path = self.directory / f"shard-{shard:06d}.parquet"
+        if not path.exists():
+            return iter(())
+        cols = pq.read_table(path).to_pydict()
+        return zip(cols["path_raw"], cols["status"], cols["error"], cols["members"], strict=True)
+
+
+def metadata_lines(
+    records: Sequence[ShardRecord],
+    extra_files: Sequence[str],
+    target: DatasetTarget | None,
+    tags: Sequence[str],
+    common: Mapping[str, Any],
+) -> list[str]:
+    """One ``valohai.metadata.jsonl`` line per published file."""
+    base: dict[str, Any] = {}
+    if target is not None:
+        base["valohai.dataset-versions"] = [target.entry()]
+    if tags:
+        base["valohai.tags"] = list(tags)
+    lines = []
+    for r in records:
+        meta = {
+            **base,
+            **common,
+            "shard": r.index,
+            "files": r.files_ok,
+            "files_failed": r.files_failed,
+            "members": r.members,
+            "bytes": r.bytes,
+            "sha256": r.sha256,
+        }
+        lines.append(json.dumps({"file": r.tar, "metadata": meta}, sort_keys=True))
+    lines += [
+        json.dumps({"file": f, "metadata": {**base, **common}}, sort_keys=True) for f in extra_files
+    ]
+    return lines
