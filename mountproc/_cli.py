@@ -1,0 +1,273 @@
+"""The ``mountproc`` command line: parses arguments, shows progress, and alone turns errors into
+exit codes (0 done, 1 failure budget exceeded, 2 usage/settings/job/mount error, 130/143
+interrupted)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import click
+
+from mountproc import __version__
+from mountproc._errors import FailureBudgetExceeded, MountprocError, SettingsError
+from mountproc._job import Job, load_job, read_job_file
+from mountproc._runner import preflight, run_job
+from mountproc._settings import ResolvedRun, resolve
+
+log = logging.getLogger("mountproc")
+
+PROGRESS_EVERY_S = 5.0
+EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (how Valohai stops an execution), handled like Ctrl-C."""
+
+
+def _opt(name: str, **kw: Any) -> Callable[[Any], Any]:
+    """An option under its dashed name and Valohai's underscored ``--name=value`` form."""
+    decls = dict.fromkeys([f"--{name}", "--" + name.replace("-", "_")])
+    return click.option(*decls, default=None, **kw)
+
+
+def _flag(name: str, help_text: str) -> Callable[[Any], Any]:
+    under = name.replace("-", "_")
+    decls = [f"--{name}/--no-{name}"] + ([f"--{under}/--no-{under}"] if under != name else [])
+    return click.option(*decls, default=None, help=help_text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mountproc")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def main(verbose: int, quiet: bool) -> None:
+    """Batch preprocessing of huge datasets on network file systems, on Dask, for Valohai."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    if verbose < 2:
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        _opt(
+            "source", type=click.Path(path_type=Path), help="Source directory (default: the job's)."
+        ),
+        _opt(
+            "outputs",
+            type=click.Path(path_type=Path),
+            help="Outputs directory (default: $VH_OUTPUTS_DIR; /valohai/outputs on Valohai; "
+            "else ./outputs).",
+        ),
+        _opt("scratch", type=click.Path(path_type=Path), help="Working directory for shards."),
+        _flag("test-mode", "Process a small deterministic subset (also TEST_MODE=true)."),
+        _opt("test-size", type=int, help="Files in the test-mode subset (default 100)."),
+        _opt("workers", type=int, help="Workers of the embedded local cluster (default: CPUs)."),
+        _opt("threads-per-worker", type=int, help="Threads per local worker (default 1)."),
+        _opt(
+            "scheduler", help="Address of an existing Dask scheduler (also DASK_SCHEDULER_ADDRESS)."
+        ),
+        _opt("dataset", help="Valohai dataset version: dataset://NAME/VERSION."),
+        _opt("dataset-from", help="Base the dataset version on this one (dataset://NAME/VERSION)."),
+        _flag("dataset-start-fresh", "Start the dataset version empty."),
+        click.option(
+            "--dataset-alias",
+            "--dataset_alias",
+            "dataset_aliases",
+            multiple=True,
+            help="Targeting alias for the dataset version (repeatable).",
+        ),
+        _opt("shard-max-files", type=int, help="Files per shard at most (default 1000)."),
+        _opt("shard-max-bytes", help="Source bytes per shard at most, e.g. 512MiB (default 1GiB)."),
+        _opt("max-failures", help="Failure budget: a count (10) or a fraction (0.01, 1%%)."),
+        _flag("strict-mounts", "Require the source to be a mount (default: on Valohai only)."),
+        _flag("allow-writable", "Accept a source mounted read-write."),
+        _flag("fresh", "Replace earlier results of this job in outputs."),
+        click.option(
+            "--param",
+            "-p",
+            "param_pairs",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="A job parameter (repeatable); --NAME=VALUE works too.",
+        ),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _cli_values(values: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in values.items() if v is not None and k != "param_pairs"}
+    if not out.get("dataset_aliases"):
+        out.pop("dataset_aliases", None)
+    return out
+
+
+def _job_params(job: Job, pairs: Sequence[str], extra: Sequence[str]) -> dict[str, Any]:
+    """Job parameters from ``--param NAME=VALUE`` and from ``--NAME[=VALUE]`` extras."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SettingsError(f"--param {pair!r}: expected NAME=VALUE")
+        params[name.strip()] = value
+    args = list(extra)
+    while args:
+        token = args.pop(0)
+        if not token.startswith("--"):
+            raise SettingsError(f"unexpected argument {token!r}")
+        name, sep, value = token[2:].partition("=")
+        name = name.replace("-", "_")
+        if name not in job.params.model_fields:
+            raise SettingsError(f"no such option: --{name} (see mountproc run --help)")
+        if not sep:
+            value = args.pop(0) if args and not args[0].startswith("--") else "true"
+        params[name] = value
+    return params
+
+
+def _load(
+    job_file: str, ctx: click.Context, values: dict[str, Any]
+) -> tuple[Any, Job, ResolvedRun]:
+    ref = read_job_file(job_file)
+    job = load_job(ref)
+    cli_params = _job_params(job, values.get("param_pairs") or (), ctx.args)
+    return ref, job, resolve(job, _cli_values(values), cli_params, os.environ)
+
+
+@main.command(context_settings=EXTRA)
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_run_options
+@click.pass_context
+def run(ctx: click.Context, /, job_file: str, **values: Any) -> None:
+    """Run JOB_FILE over its source: shard, transform, tar into outputs.
+
+    \b
+    Examples:
+      mountproc run jobs/resize_images.py --source ./photos
+      mountproc run jobs/resize_images.py --test-mode
+      mountproc run jobs/resize_images.py --size=128 --scheduler tcp://10.0.0.5:8786
+    """
+
+    def action() -> None:
+        ref, job, resolved = _load(job_file, ctx, values)
+        report = run_job(job, ref, resolved, progress=_Progress())
+        _print_summary(report.summary, resolved)
+        if not report.within_budget:
+            raise FailureBudgetExceeded(
+                f"{report.summary['files_failed']} of {report.summary['files_selected']} files "
+                f"failed, more than --max-failures={resolved.settings.max_failures}: no dataset "
+                "version was registered; see the manifest for the reasons"
+            )
+
+    _guarded(action)
+
+
+@main.command(context_settings=EXTRA)
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_run_options
+@click.pass_context
+def check(ctx: click.Context, /, job_file: str, **values: Any) -> None:
+    """Check JOB_FILE's settings and mounts without running anything.
+
+    \b
+    Example:
+      mountproc check jobs/resize_images.py --source /mnt/raw-images --strict-mounts
+    """
+
+    def action() -> None:
+        _, job, resolved = _load(job_file, ctx, values)
+        mount = preflight(job, resolved)
+        for key, value in mount.as_dict().items():
+            click.echo(f"{key:>16}: {value}")
+        click.echo(f"{'scratch':>16}: {resolved.scratch} (writable)")
+        click.echo(f"{'outputs':>16}: {resolved.outputs} (writable)")
+        click.echo("preflight ok")
+
+    _guarded(action)
+
+
+@main.command("sample-data")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--count", type=click.IntRange(1), default=48, show_default=True)
+@click.option("--bad/--no-bad", default=False, help="Also write corrupt and truncated files.")
+def sample_data(directory: Path, count: int, bad: bool) -> None:
+    """Write a small tree of real sample images to DIRECTORY.
+
+    \b
+    Example:
+      mountproc sample-data ./sample-photos
+      mountproc run jobs/resize_images.py --source ./sample-photos
+    """
+    from mountproc._samples import make_sample_tree
+
+    _guarded(
+        lambda: click.echo(
+            f"wrote {len(make_sample_tree(directory, count=count, bad=bad))} files to {directory}"
+        )
+    )
+
+
+class _Progress:
+    """Throttled progress: a log line and, for Valohai's charts, a JSON metrics line."""
+
+    def __init__(self) -> None:
+        self.last = 0.0
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_S and event["shards_done"] < event["shards_total"]:
+            return
+        self.last = now
+        click.echo(json.dumps(event, sort_keys=True))
+
+
+def _print_summary(summary: dict[str, Any], run: ResolvedRun) -> None:
+    click.echo(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in ("files_ok", "files_failed", "files_skipped", "seconds", "files_per_s")
+            },
+            sort_keys=True,
+        )
+    )
+    click.echo(
+        f"done: {summary['files_ok']} ok, {summary['files_failed']} failed, "
+        f"{summary['files_skipped']} skipped; {summary['shards_published']} tars in {run.outputs}"
+        + (" (test mode: no dataset version registered)" if summary["test_mode"] else "")
+    )
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
+    raise Terminated
+
+
+def _guarded(action: Callable[[], None]) -> None:
+    """Run ``action``; a mountproc error becomes one line on stderr and its exit code."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        action()
+    except MountprocError as exc:
+        click.echo(f"mountproc: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Terminated:
+        click.echo("mountproc: terminated", err=True)
+        sys.exit(143)
+    except KeyboardInterrupt:
+        click.echo("mountproc: interrupted", err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
