@@ -20,6 +20,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 WORKER_WAIT_S = 60
+CONNECT_TIMEOUT_S = 15
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
 @contextmanager
 def _connect(address: str) -> Iterator[Client]:
     try:
-        client = Client(address, timeout=WORKER_WAIT_S)
+        client = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         raise ClusterError(
             f"cannot reach the Dask scheduler at {address}: {exc}; check the address and that "

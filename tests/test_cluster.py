@@ -1,0 +1,134 @@
+"""mountproc on a Dask cluster it did not start: real ``dask scheduler`` and ``dask worker``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import RESIZE_JOB, clean_env, run_cli
+
+from mountproc._samples import make_sample_tree
+
+pytestmark = pytest.mark.cluster
+
+DASK = [sys.executable, "-m", "dask"]  # the `dask` command of this interpreter
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[str]:
+    """A scheduler and two workers on 127.0.0.1, started from a directory without the job."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    sched_file = tmp_path / "scheduler.json"
+    procs = [
+        subprocess.Popen(
+            [
+                *DASK,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(sched_file),
+            ],
+            cwd=elsewhere,
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    try:
+        _wait_for(sched_file.exists, 30, "the scheduler file")
+        _wait_for(lambda: "address" in sched_file.read_text(), 30, "the scheduler address")
+        address = json.loads(sched_file.read_text())["address"]
+        for _ in range(2):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        *DASK,
+                        "worker",
+                        address,
+                        "--nworkers",
+                        "1",
+                        "--nthreads",
+                        "1",
+                        "--host",
+                        "127.0.0.1",
+                        "--no-dashboard",
+                    ],
+                    cwd=elsewhere,
+                    env=clean_env(),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        yield address
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _tars(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))}
+
+
+def test_existing_scheduler_gives_the_same_tars_as_a_local_cluster(
+    tmp_path: Path, dask_cluster: str
+) -> None:
+    src = tmp_path / "src"
+    make_sample_tree(src, count=20)
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    common = ["run", RESIZE_JOB, "--source", src, "--shard-max-files", "6"]
+    assert run_cli(*common, "--outputs", local, cwd=tmp_path).returncode == 0
+    proc = run_cli(
+        *common, "--outputs", remote, cwd=tmp_path, env={"DASK_SCHEDULER_ADDRESS": dask_cluster}
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"connected to the Dask scheduler at {dask_cluster}" in proc.stderr
+    assert len(_tars(local)) == 4
+    assert _tars(local) == _tars(remote)
+
+
+def test_unreachable_scheduler_is_one_clear_line(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_sample_tree(src, count=12)
+    start = time.monotonic()
+    proc = run_cli(
+        "run",
+        RESIZE_JOB,
+        "--source",
+        src,
+        "--outputs",
+        tmp_path / "out",
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert time.monotonic() - start < 60
