@@ -246,9 +246,14 @@ def _print_summary(summary: dict[str, Any], run: ResolvedRun) -> None:
     )
     click.echo(
         f"done: {summary['files_ok']} ok, {summary['files_failed']} failed, "
-        f"{summary['files_skipped']} skipped; {summary['shards_published']} tars in {run.outputs}"
+        f"{summary['files_skipped']} skipped; {_plural(summary['shards_published'], 'tar')} in "
+        f"{run.outputs}"
         + (" (test mode: no dataset version registered)" if summary["test_mode"] else "")
     )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -112,7 +113,10 @@ class Job:
                 f"job name {self.name!r} is invalid: use lowercase letters, digits, '-' and '_'"
             )
         if self.dataset is not None:
-            check_dataset_uri(self.dataset, "Job(dataset=...)")
+            try:
+                check_dataset_uri(self.dataset, "Job(dataset=...)")
+            except SettingsError as exc:
+                raise JobFileError(str(exc)) from None
         if not (isinstance(self.params, type) and issubclass(self.params, BaseModel)):
             raise JobFileError("Job(params=...) must be a pydantic BaseModel subclass")
         for pattern in (*self.include, *self.exclude):
@@ -165,11 +169,15 @@ def _encode(suffix: str, content: Any) -> bytes:
     if isinstance(content, str):
         return content.encode("utf-8")
     if suffix.endswith("json"):
-        return json.dumps(content, sort_keys=True, ensure_ascii=False).encode("utf-8")
+        # a path with undecodable bytes holds lone surrogates: write them as JSON's \udcNN
+        # escapes, which decode back to the same string
+        text = json.dumps(content, sort_keys=True, ensure_ascii=False)
+        return text.encode("utf-8", "backslashreplace")
     raise TypeError(f"output {suffix!r} must be bytes or str, not {type(content).__name__}")
 
 
 _LOADED: dict[str, Job] = {}
+_LOAD_LOCK = threading.Lock()  # worker threads of one process load a job once
 
 
 def read_job_file(path: str | Path) -> JobRef:
@@ -187,10 +195,14 @@ def read_job_file(path: str | Path) -> JobRef:
 
 def load_job(ref: JobRef) -> Job:
     """Execute a job file's text as a module (once per process) and return its ``Job``."""
-    cached = _LOADED.get(ref.digest)
-    if cached is not None:
+    with _LOAD_LOCK:
+        cached = _LOADED.get(ref.digest)
+        if cached is None:
+            cached = _LOADED[ref.digest] = _find_job(ref, _exec_module(ref))
         return cached
-    module = _exec_module(ref)
+
+
+def _find_job(ref: JobRef, module: types.ModuleType) -> Job:
     jobs = [v for v in vars(module).values() if isinstance(v, Job)]
     if len(jobs) != 1:
         raise JobFileError(f"{ref.filename}: expected exactly one mountproc.Job, found {len(jobs)}")
@@ -199,7 +211,6 @@ def load_job(ref: JobRef) -> Job:
         raise JobFileError(
             f"{ref.filename}: job {job.name!r} has no transform (use @job.transform)"
         )
-    _LOADED[ref.digest] = job
     return job
 
 
@@ -211,12 +222,11 @@ def _exec_module(ref: JobRef) -> types.ModuleType:
     try:
         code = compile(ref.source, ref.filename, "exec")
         exec(code, module.__dict__)
-    except JobFileError:
-        del sys.modules[name]
-        raise
     except Exception as exc:
         del sys.modules[name]
-        raise JobFileError(f"{ref.filename}: {_describe(exc, ref.filename)}") from None
+        # one line: exception messages (pydantic's among them) may span several
+        text = " ".join(_describe(exc, ref.filename).split())
+        raise JobFileError(f"{ref.filename}: {text}") from None
     return module
 
 
@@ -230,4 +240,6 @@ def _describe(exc: BaseException, filename: str) -> str:
             line = tb.tb_lineno
         tb = tb.tb_next
     where = f"line {line}: " if line else ""
+    if isinstance(exc, JobFileError):  # already says what is wrong; add only where
+        return f"{where}{exc}"
     return f"{where}{type(exc).__name__}: {exc}"

@@ -106,7 +106,12 @@ def crawl(root: Path, patterns: Patterns) -> Iterator[Listed]:
             prefixes.pop()
             continue
         rel = prefixes[-1] + entry.name
-        if entry.is_dir(follow_symlinks=False) and not entry.is_symlink():
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)  # may stat when d_type is unknown
+        except OSError as exc:
+            yield Listed(rel, Kind.UNREADABLE, skip_reason=f"cannot stat: {exc.strerror}")
+            continue
+        if is_dir:
             if patterns.excluded(rel):
                 yield Listed(rel, Kind.DIRECTORY, skip_reason="directory excluded by pattern")
                 continue
@@ -132,9 +137,13 @@ def _open_dir(path: str, rel: str) -> Iterator[os.DirEntry[str]] | Listed:
 
 
 def _classify(entry: os.DirEntry[str], rel: str, patterns: Patterns) -> Listed:
-    if entry.is_symlink():
+    try:
+        is_link, is_file = entry.is_symlink(), entry.is_file(follow_symlinks=False)
+    except OSError as exc:  # d_type unknown and the stat failed (e.g. a stale NFS handle)
+        return Listed(rel, Kind.UNREADABLE, skip_reason=f"cannot stat: {exc.strerror}")
+    if is_link:
         return Listed(rel, Kind.SYMLINK, skip_reason="symlink (never followed)")
-    if entry.is_file(follow_symlinks=False):
+    if is_file:
         if not patterns.included(rel):
             return Listed(rel, Kind.FILE, skip_reason="not selected by include/exclude patterns")
         try:

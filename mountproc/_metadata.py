@@ -79,12 +79,17 @@ def write_results(path: Path, results: Sequence[FileResult]) -> None:
         {
             "path_raw": [os.fsencode(r.path) for r in results],
             "status": [r.status.value for r in results],
-            "error": [r.error for r in results],
+            "error": [_utf8(r.error) for r in results],
             "members": [list(r.members) for r in results],
         },
         schema=RESULTS_SCHEMA,
     )
     pq.write_table(table, path)
+
+
+def _utf8(text: str | None) -> str | None:
+    """``text`` as valid UTF-8 (a lone surrogate from an undecodable path becomes ``\\udcNN``)."""
+    return None if text is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def shard_record(result: ShardResult) -> ShardRecord:
@@ -139,6 +144,7 @@ def write_manifest(plan: Path, results_dir: Path, tar_names: Mapping[int, str], 
                 (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [])
             )
             writer.write_batch(pa.RecordBatch.from_pydict(cols, schema=MANIFEST_SCHEMA))
+    reader.finish()
 
 
 class _ShardResults:
@@ -148,6 +154,7 @@ class _ShardResults:
         self.directory = directory
         self.shard: int | None = None
         self.rows: Iterator[tuple[bytes, str, str | None, list[str]]] = iter(())
+        self.found = False  # whether the current shard has a results file
 
     def resolve(
         self, raw: bytes, shard: int | None, reason: str | None
@@ -155,20 +162,29 @@ class _ShardResults:
         if shard is None:
             return Status.SKIPPED.value, reason, []
         if shard != self.shard:
-            self.shard, self.rows = shard, self._load(shard)
+            self.finish()
+            self.shard, self.found, self.rows = shard, *self._load(shard)
         row = next(self.rows, None)
         if row is None:
+            if self.found:
+                raise RuntimeError(f"shard {shard} results have fewer rows than the plan")
             return Status.FAILED.value, NOT_PROCESSED, []
         if row[0] != raw:
             raise RuntimeError(f"shard {shard} results do not match the plan at {raw!r}")
         return row[1], row[2], row[3]
 
-    def _load(self, shard: int) -> Iterator[tuple[bytes, str, str | None, list[str]]]:
+    def finish(self) -> None:
+        """Raise if the current shard's results file has rows the plan does not."""
+        if self.found and next(self.rows, None) is not None:
+            raise RuntimeError(f"shard {self.shard} results have more rows than the plan")
+
+    def _load(self, shard: int) -> tuple[bool, Iterator[tuple[bytes, str, str | None, list[str]]]]:
         path = self.directory / f"shard-{shard:06d}.parquet"
         if not path.exists():
-            return iter(())
+            return False, iter(())
         cols = pq.read_table(path).to_pydict()
-        return zip(cols["path_raw"], cols["status"], cols["error"], cols["members"], strict=True)
+        rows = zip(cols["path_raw"], cols["status"], cols["error"], cols["members"], strict=True)
+        return True, rows
 
 
 def metadata_lines(

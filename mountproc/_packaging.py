@@ -107,28 +107,34 @@ class TarBuilder:
 
 def publish(src: Path, dest: Path) -> None:
     """Move a finished file into the outputs directory and make it read-only (Valohai uploads
-    read-only files at once). A same-disk rename is atomic; across disks the file is copied
-    under its final name, then fsynced."""
-    if dest.exists():
-        raise FileExistsError(errno.EEXIST, "refusing to overwrite a published file", str(dest))
+    read-only files at once). Never overwrites: on one disk a hard link claims the name
+    atomically; across disks the file is copied exclusively under its final name, then fsynced."""
     try:
-        os.rename(src, dest)
+        os.link(src, dest)
+    except FileExistsError:
+        raise FileExistsError(
+            errno.EEXIST, "refusing to overwrite a published file", str(dest)
+        ) from None
     except OSError as exc:
-        if exc.errno != errno.EXDEV:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
             raise
-        shutil.copyfile(src, dest)
-        _fsync_file(dest)
-        src.unlink()
+        _copy_exclusive(src, dest)
+    src.unlink()
     os.chmod(dest, MEMBER_MODE)
     _fsync_dir(dest.parent)
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _copy_exclusive(src: Path, dest: Path) -> None:
+    """Copy and fsync; never overwrite ``dest``, and never leave a partial copy behind (it would
+    block a retry and be uploaded as a corrupt file)."""
+    with src.open("rb") as fin, dest.open("xb") as fout:
+        try:
+            shutil.copyfileobj(fin, fout)
+            fout.flush()
+            os.fsync(fout.fileno())
+        except BaseException:
+            dest.unlink(missing_ok=True)
+            raise
 
 
 def _fsync_dir(path: Path) -> None:

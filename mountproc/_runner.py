@@ -151,7 +151,7 @@ def _plan(job: Job, run: ResolvedRun, paths: _Paths) -> tuple[Plan, int]:
             plan.files,
             stats.eligible,
         )
-    log.info("%d files (%d bytes) in %d shards", plan.files, plan.bytes, plan.shards)
+    log.info("%d files (%d bytes) in %d shard(s)", plan.files, plan.bytes, plan.shards)
     if plan.files == 0:
         log.warning("no files to process under %s (check the include patterns)", run.source)
     return plan, stats.entries

@@ -7,12 +7,24 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, ByteSize, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    ByteSize,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from mountproc import _valohai
 from mountproc._errors import SettingsError
@@ -52,7 +64,8 @@ class FailureBudget:
         """True when ``failed`` files out of ``total`` are within the budget."""
         if self.count is not None:
             return failed <= self.count
-        return failed <= (self.fraction or 0.0) * total
+        # exact decimal arithmetic: 0.29 * 100 is 28.999999999999996 in floating point
+        return failed <= Fraction(repr(self.fraction or 0.0)) * total
 
     def __str__(self) -> str:
         return str(self.count) if self.count is not None else f"{(self.fraction or 0) * 100:g}%"
@@ -89,7 +102,18 @@ class RunSettings(BaseSettings):
     @field_validator("dataset", "dataset_from")
     @classmethod
     def _dataset_uri(cls, v: str | None) -> str | None:
-        return None if v is None else check_dataset_uri(v, "dataset")
+        if v is None:
+            return None
+        try:
+            return check_dataset_uri(v, "dataset")
+        except SettingsError:  # a ValueError, so the message names the flag like the others
+            raise ValueError(f"{v!r} is not of the form dataset://<name>/<version>") from None
+
+    @field_validator("max_failures", mode="before")
+    @classmethod
+    def _budget_text(cls, v: Any) -> Any:
+        # parameters.json and Job(settings=...) may hold a number: 10 or 0.05
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
     @field_validator("max_failures")
     @classmethod
@@ -124,6 +148,22 @@ class _DictSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+class _EnvSource(EnvSettingsSource):
+    """The environment, without the bare field names (``OUTPUTS``, ``SCHEDULER``) that the
+    first alias choice would otherwise read, before ``MOUNTPROC_*`` at that."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        bare = field_name if self.case_sensitive else field_name.lower()
+        found: tuple[Any, str, bool] = (None, field_name, False)
+        for key, env_name, is_complex in self._extract_field_info(field, field_name):
+            if key == field_name and env_name == bare:
+                continue
+            found = (self.env_vars.get(env_name), key, is_complex)
+            if found[0] is not None:
+                break
+        return found
+
+
 @dataclass(frozen=True)
 class ResolvedRun:
     """Settings with every default resolved, plus the validated job parameters."""
@@ -150,6 +190,7 @@ def resolve(
     settings = _build(cli, vh_settings, _job_defaults(job))
     params = job.parse_params(_layer_params(job, vh_params, cli_params, environ))
     source = settings.source or (Path(job.source) if job.source else None)
+    source = source.absolute() if source is not None else None  # workers run elsewhere
     if source is None:
         raise SettingsError(f"job {job.name!r} declares no source: pass --source DIR")
     outputs = (settings.outputs or _valohai.default_outputs(environ)).absolute()
@@ -174,7 +215,7 @@ def _build(
         ) -> tuple[PydanticBaseSettingsSource, ...]:
             return (
                 init_settings,
-                env_settings,
+                _EnvSource(settings_cls),
                 _DictSource(settings_cls, vh),
                 _DictSource(settings_cls, defaults),
             )

@@ -88,7 +88,8 @@ def _process(
 
 def _reason(exc: BaseException) -> str:
     """One line: the exception's type and message."""
-    text = str(exc).replace("\n", " ").strip()
+    # one line of valid UTF-8: a path with undecodable bytes in a message would break Parquet
+    text = " ".join(str(exc).split()).encode("utf-8", "backslashreplace").decode("utf-8")
     if isinstance(exc, Skip):
         return text[:MAX_ERROR_CHARS]
     return f"{type(exc).__name__}: {text}"[:MAX_ERROR_CHARS] if text else type(exc).__name__

@@ -1,0 +1,391 @@
+"""Tests of ``mountproc._worker``: ``run_shard`` called directly on a job file, no cluster."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tarfile
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mountproc import _worker
+from mountproc._job import load_job, read_job_file
+from mountproc._metadata import write_results
+from mountproc._packaging import member_key
+from mountproc._records import FileEntry, JobRef, ShardResult, ShardSpec, Status
+from mountproc._worker import MAX_ERROR_CHARS, run_shard
+
+JOB_TEXT = '''
+"""A test job: upper-cases text files, with one misbehaviour per special file name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from mountproc import Context, Job, Skip, SourceFile
+
+
+class Params(BaseModel):
+    setup_log: str = ""
+    tag: str = "t"
+    fail_setup: bool = False
+
+
+job = Job(name="upper-text", params=Params)
+
+
+@job.setup
+def setup(params: Params) -> dict[str, str]:
+    if params.fail_setup:
+        raise RuntimeError("setup exploded")
+    if params.setup_log:
+        with open(params.setup_log, "a") as f:
+            f.write("setup\\n")
+    return {"tag": params.tag}
+
+
+@job.transform
+def transform(src: SourceFile, ctx: Context[Params]) -> Any:
+    name = src.relpath.rsplit("/", 1)[-1]
+    (ctx.tmp_dir / "scratch.bin").write_bytes(b"x")
+    if name == "bad.txt":
+        raise ValueError("bad input\\nsecond line")
+    if name == "decline.txt":
+        return None
+    if name == "skip.txt":
+        raise Skip("too small")
+    if name == "skip-silent.txt":
+        raise Skip()
+    if name == "empty.txt":
+        return {}
+    if name == "escape.txt":
+        return {"../evil": b"x"}
+    if name == "slash.txt":
+        return {"a/b": b"x"}
+    if name == "list.txt":
+        return ["txt"]
+    if name == "long.txt":
+        raise ValueError("x" * 2000)
+    if name.startswith("boom"):
+        raise ValueError("cannot handle " + src.relpath)
+    data = src.read_bytes()
+    return {
+        "txt": data.upper(),
+        "json": {
+            "name": name,
+            "size": src.size,
+            "mtime_ns": src.mtime_ns,
+            "state": ctx.state["tag"],
+            "shard": ctx.shard,
+            "tmp_dir": str(ctx.tmp_dir),
+        },
+    }
+'''
+
+
+@pytest.fixture(scope="module")
+def job_ref(tmp_path_factory: pytest.TempPathFactory) -> JobRef:
+    path = tmp_path_factory.mktemp("job") / "upper_job.py"
+    path.write_text(JOB_TEXT)
+    return read_job_file(path)
+
+
+def make_tree(root: Path, files: dict[str, bytes]) -> list[FileEntry]:
+    """Write ``files`` under ``root``; return their entries in the given order."""
+    entries = []
+    for rel, data in files.items():
+        path = root / os.fsencode(rel).decode("utf-8", "surrogateescape")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        st = path.stat()
+        entries.append(FileEntry(rel, st.st_size, st.st_mtime_ns))
+    return entries
+
+
+def make_spec(
+    job_ref: JobRef,
+    tmp_path: Path,
+    entries: list[FileEntry],
+    index: int = 3,
+    **params: Any,
+) -> ShardSpec:
+    params.setdefault("setup_log", str(tmp_path / "setup.log"))
+    job = load_job(job_ref)
+    params_json = job.parse_params(params).model_dump_json()
+    return ShardSpec(
+        index=index,
+        job=job_ref,
+        params_json=params_json,
+        source_root=str(tmp_path / "src"),
+        work_dir=str(tmp_path / "work"),
+        tar_name=f"upper-{index:06d}.tar",
+        entries=tuple(entries),
+    )
+
+
+def tar_members(path: str) -> list[tuple[str, bytes]]:
+    with tarfile.open(path) as tf:
+        out = []
+        for info in tf.getmembers():
+            f = tf.extractfile(info)
+            assert f is not None
+            out.append((info.name, f.read()))
+        return out
+
+
+def by_path(result: ShardResult) -> dict[str, Any]:
+    return {r.path: r for r in result.results}
+
+
+SPECIAL = {
+    "bad.txt": b"b",
+    "decline.txt": b"d",
+    "empty.txt": b"e",
+    "escape.txt": b"e",
+    "list.txt": b"l",
+    "long.txt": b"l",
+    "skip-silent.txt": b"s",
+    "skip.txt": b"s",
+    "slash.txt": b"s",
+}
+
+
+def test_statuses_and_reasons(job_ref: JobRef, tmp_path: Path) -> None:
+    entries = make_tree(tmp_path / "src", {"a/good.txt": b"good", **SPECIAL})
+    result = run_shard(make_spec(job_ref, tmp_path, entries))
+    got = {r.path: (r.status, r.error) for r in result.results}
+    assert got == {
+        "a/good.txt": (Status.OK, None),
+        "bad.txt": (Status.FAILED, "ValueError: bad input second line"),
+        "decline.txt": (Status.SKIPPED, "declined by the transform"),
+        "empty.txt": (Status.OK, None),
+        "escape.txt": (Status.FAILED, got["escape.txt"][1]),
+        "list.txt": (
+            Status.FAILED,
+            "TypeError: transform must return a mapping of suffix to content, not list",
+        ),
+        "long.txt": (Status.FAILED, got["long.txt"][1]),
+        "skip-silent.txt": (Status.SKIPPED, "declined by the transform"),
+        "skip.txt": (Status.SKIPPED, "too small"),
+        "slash.txt": (Status.FAILED, got["slash.txt"][1]),
+    }
+    assert [r.path for r in result.results] == [e.path for e in entries]
+    long_error = got["long.txt"][1]
+    assert long_error is not None
+    assert long_error.startswith("ValueError: xxx")
+    assert len(long_error) == MAX_ERROR_CHARS
+    assert result.files_ok == 2
+    assert result.files_failed == 5
+    assert by_path(result)["empty.txt"].members == ()
+
+
+@pytest.mark.parametrize(("name", "suffix"), [("escape.txt", "../evil"), ("slash.txt", "a/b")])
+def test_unsafe_output_suffix_fails_the_file(
+    job_ref: JobRef, tmp_path: Path, name: str, suffix: str
+) -> None:
+    entries = make_tree(tmp_path / "src", {name: b"x", "ok.txt": b"ok"})
+    result = run_shard(make_spec(job_ref, tmp_path, entries))
+    res = by_path(result)[name]
+    assert res.status is Status.FAILED
+    assert res.error.startswith("ValueError: invalid output suffix")
+    assert suffix in res.error
+    assert res.members == ()
+    names = [n for n, _ in tar_members(result.tar_path)]
+    assert names == ["ok%2Etxt.json", "ok%2Etxt.txt"]
+    assert not (tmp_path / "evil").exists()
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [result.tar_name]
+
+
+def test_tar_holds_the_outputs_adjacent_and_ordered(job_ref: JobRef, tmp_path: Path) -> None:
+    files = {"x.y/a.b.txt": b"first", "x/y.z": b"second", "bad.txt": b"", "z.txt": b"third"}
+    entries = make_tree(tmp_path / "src", files)
+    spec = make_spec(job_ref, tmp_path, entries, index=7, tag="T")
+    result = run_shard(spec)
+    members = tar_members(result.tar_path)
+    expected_names = []
+    for rel in ("x.y/a.b.txt", "x/y.z", "z.txt"):
+        key = member_key(rel)
+        expected_names += [f"{key}.json", f"{key}.txt"]
+        assert by_path(result)[rel].members == (f"{key}.json", f"{key}.txt")
+    assert [n for n, _ in members] == expected_names
+    assert result.member_count == len(expected_names)
+    contents = dict(members)
+    for rel, data in files.items():
+        if rel == "bad.txt":
+            continue
+        key = member_key(rel)
+        assert contents[f"{key}.txt"] == data.upper()
+        meta = json.loads(contents[f"{key}.json"])
+        entry = next(e for e in entries if e.path == rel)
+        assert meta["name"] == rel.rsplit("/", 1)[-1]
+        assert meta["size"] == entry.size == len(data)
+        assert meta["mtime_ns"] == entry.mtime_ns
+        assert meta["state"] == "T"
+        assert meta["shard"] == 7
+
+
+def test_shard_result_facts(job_ref: JobRef, tmp_path: Path) -> None:
+    entries = make_tree(tmp_path / "src", {"a.txt": b"a", "b.txt": b"b"})
+    spec = make_spec(job_ref, tmp_path, entries, index=11)
+    result = run_shard(spec)
+    tar = Path(spec.work_dir) / spec.tar_name
+    assert result.index == 11
+    assert result.tar_name == "upper-000011.tar"
+    assert Path(result.tar_path) == tar
+    data = tar.read_bytes()
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert result.tar_bytes == len(data)
+    assert result.worker
+    assert sorted(p.name for p in tar.parent.iterdir()) == [tar.name]  # no partial, no tmp
+
+
+def test_same_shard_gives_the_same_tar(job_ref: JobRef, tmp_path: Path) -> None:
+    entries = make_tree(tmp_path / "src", {"a.txt": b"a", "b/c.txt": b"c"})
+    spec = make_spec(job_ref, tmp_path, entries)
+    first = run_shard(spec)
+    first_bytes = Path(first.tar_path).read_bytes()
+    Path(first.tar_path).unlink()
+    second = run_shard(spec)
+    assert Path(second.tar_path).read_bytes() == first_bytes
+    assert second.sha256 == first.sha256
+
+
+def test_vanished_file_fails_with_file_not_found(job_ref: JobRef, tmp_path: Path) -> None:
+    entries = make_tree(tmp_path / "src", {"here.txt": b"h", "gone.txt": b"g"})
+    (tmp_path / "src" / "gone.txt").unlink()
+    result = run_shard(make_spec(job_ref, tmp_path, entries))
+    gone = by_path(result)["gone.txt"]
+    assert gone.status is Status.FAILED
+    assert gone.error.startswith("FileNotFoundError: ")
+    assert "gone.txt" in gone.error
+    assert by_path(result)["here.txt"].status is Status.OK
+
+
+def test_setup_runs_once_per_process(job_ref: JobRef, tmp_path: Path) -> None:
+    entries = make_tree(tmp_path / "src", {"a.txt": b"a", "b.txt": b"b", "c.txt": b"c"})
+    log = tmp_path / "setup.log"
+    for index, entry in enumerate(entries):
+        result = run_shard(make_spec(job_ref, tmp_path, [entry], index=index, tag="once"))
+        assert result.files_ok == 1
+    assert log.read_text() == "setup\n"
+    run_shard(make_spec(job_ref, tmp_path, entries[:1], index=9, tag="other"))
+    assert log.read_text() == "setup\n" * 2  # other parameters: a new state
+
+
+def test_failing_setup_fails_the_shard_and_is_retried(job_ref: JobRef, tmp_path: Path) -> None:
+    entries = make_tree(tmp_path / "src", {"a.txt": b"a"})
+    spec = make_spec(job_ref, tmp_path, entries, fail_setup=True)
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="setup exploded"):
+            run_shard(spec)
+    work = tmp_path / "work"
+    assert not work.exists() or list(work.iterdir()) == []
+
+
+def test_tmp_dir_is_private_and_removed(job_ref: JobRef, tmp_path: Path) -> None:
+    entries = make_tree(tmp_path / "src", {"a.txt": b"a", "b.txt": b"b"})
+    spec = make_spec(job_ref, tmp_path, entries, index=5)
+    result = run_shard(spec)
+    contents = dict(tar_members(result.tar_path))
+    tmp_dirs = {json.loads(contents[f"{k}%2Etxt.json"])["tmp_dir"] for k in "ab"}
+    assert len(tmp_dirs) == 1
+    tmp_dir = Path(tmp_dirs.pop())
+    work = Path(spec.work_dir).resolve()
+    assert tmp_dir.resolve().is_relative_to(work)
+    assert tmp_dir.resolve() != work
+    assert not tmp_dir.exists()
+
+
+def test_all_declined_gives_a_valid_empty_tar(job_ref: JobRef, tmp_path: Path) -> None:
+    entries = make_tree(tmp_path / "src", {"decline.txt": b"", "skip.txt": b"", "empty.txt": b""})
+    result = run_shard(make_spec(job_ref, tmp_path, entries))
+    assert [r.status for r in result.results] == [Status.SKIPPED, Status.SKIPPED, Status.OK]
+    assert tar_members(result.tar_path) == []
+    assert result.member_count == 0
+    assert result.sha256 == hashlib.sha256(Path(result.tar_path).read_bytes()).hexdigest()
+
+
+def test_no_entries_gives_a_valid_empty_tar(job_ref: JobRef, tmp_path: Path) -> None:
+    result = run_shard(make_spec(job_ref, tmp_path, []))
+    assert result.results == ()
+    assert tar_members(result.tar_path) == []
+
+
+def test_undecodable_names_are_escaped_and_reasons_are_utf8(
+    job_ref: JobRef, tmp_path: Path
+) -> None:
+    ok_name = os.fsdecode(b"caf\xe9.txt")
+    boom_name = os.fsdecode(b"boom\xff.txt")
+    entries = make_tree(tmp_path / "src", {ok_name: b"ok", boom_name: b"x"})
+    result = run_shard(make_spec(job_ref, tmp_path, entries))
+    ok, boom = result.results
+    assert ok.status is Status.OK
+    assert ok.members == ("caf%E9%2Etxt.json", "caf%E9%2Etxt.txt")
+    assert boom.status is Status.FAILED
+    assert boom.error is not None
+    boom.error.encode("utf-8")  # a lone surrogate would break the Parquet results
+    assert boom.error == "ValueError: cannot handle boom\\udcff.txt"
+    assert boom.path == boom_name
+    write_results(tmp_path / "results.parquet", result.results)
+    members = dict(tar_members(result.tar_path))
+    assert list(members) == list(ok.members)
+    assert json.loads(members["caf%E9%2Etxt.json"])["name"] == ok_name  # JSON \\udce9 escape
+    assert members["caf%E9%2Etxt.txt"] == b"OK"
+
+
+def test_reason_is_one_line() -> None:
+    assert _worker._reason(ValueError("a\r\nb\tc  ")) == "ValueError: a b c"
+    assert _worker._reason(KeyError()) == "KeyError"
+    assert _worker._reason(OSError(5, "I/O error")) == "OSError: [Errno 5] I/O error"
+
+
+def test_job_file_is_loaded_from_its_text(job_ref: JobRef, tmp_path: Path) -> None:
+    """Workers need the job's text only, not the file."""
+    moved = JobRef(filename="/nowhere/upper_job.py", source=job_ref.source, digest="0" * 64)
+    entries = make_tree(tmp_path / "src", {"a.txt": b"a"})
+    spec = make_spec(job_ref, tmp_path, entries)
+    result = run_shard(
+        ShardSpec(
+            spec.index,
+            moved,
+            spec.params_json,
+            spec.source_root,
+            spec.work_dir,
+            spec.tar_name,
+            spec.entries,
+        )
+    )
+    assert result.files_ok == 1
+
+
+JOB_DECLINING = textwrap.dedent(
+    """
+    from mountproc import Job
+
+    job = Job(name="declines")
+
+    @job.transform
+    def transform(src, ctx):
+        return None
+    """
+)
+
+
+def test_job_without_setup_and_params(tmp_path: Path) -> None:
+    path = tmp_path / "declining.py"
+    path.write_text(JOB_DECLINING)
+    ref = read_job_file(path)
+    entries = make_tree(tmp_path / "src", {"a": b"", "b/c": b""})
+    spec = ShardSpec(
+        0, ref, "{}", str(tmp_path / "src"), str(tmp_path / "w"), "d.tar", tuple(entries)
+    )
+    result = run_shard(spec)
+    assert {r.status for r in result.results} == {Status.SKIPPED}
+    assert tar_members(result.tar_path) == []
