@@ -256,23 +256,31 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
-    raise Terminated
+class _SigTerm:
+    """Turns SIGTERM (how Valohai stops an execution) into a KeyboardInterrupt, and remembers
+    it: the exception type does not survive distributed's event loop, the flag does."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: FrameType | None) -> NoReturn:
+        self.received = True
+        raise Terminated
 
 
 def _guarded(action: Callable[[], None]) -> None:
     """Run ``action``; a mountproc error becomes one line on stderr and its exit code."""
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    sigterm = _SigTerm()
+    previous = signal.signal(signal.SIGTERM, sigterm)
     try:
         action()
     except MountprocError as exc:
         click.echo(f"mountproc: error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except Terminated:
-        click.echo("mountproc: terminated", err=True)
-        sys.exit(143)
     except KeyboardInterrupt:
-        click.echo("mountproc: interrupted", err=True)
-        sys.exit(130)
+        click.echo(
+            "mountproc: terminated" if sigterm.received else "mountproc: interrupted", err=True
+        )
+        sys.exit(143 if sigterm.received else 130)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -55,7 +55,6 @@ class RunReport:
 
     summary: dict[str, Any]
     within_budget: bool
-    interrupted: bool
 
 
 class _Paths:
@@ -110,18 +109,18 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
     _prepare(paths, run.settings.fresh)
     plan, entries = _plan(job, run, paths)
     tally = Tally(skipped=entries - plan.files)
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None  # Ctrl-C, or SIGTERM (a subclass)
     try:
         _execute(job, ref, run, paths, plan, tally, progress or (lambda _e: None))
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        interrupted = exc
         log.warning("interrupted: publishing what is complete")
-    within = run.settings.budget.allows(tally.failed, plan.files) and not interrupted
+    within = run.settings.budget.allows(tally.failed, plan.files) and interrupted is None
     summary = _summary(job, run, mount, plan, tally, entries, time.monotonic() - started, within)
     _finish(job, run, paths, tally, summary, within)
-    if interrupted:
-        raise KeyboardInterrupt
-    return RunReport(summary, within, interrupted)
+    if interrupted is not None:
+        raise interrupted
+    return RunReport(summary, within)
 
 
 def _prepare(paths: _Paths, fresh: bool) -> None:
