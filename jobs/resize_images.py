@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from typing import cast
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -50,18 +49,28 @@ def resize(src: SourceFile, ctx: Context[Params]) -> dict[str, bytes]:
 
 def load_fitted(src: SourceFile, size: int) -> Image.Image:
     """Decode the first frame as an 8-bit RGB or L image that fits inside ``size`` x ``size``."""
-    with warnings.catch_warnings():
-        # A decompression bomb is a failed file, not a warning in a worker's log.
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(src.path) as opened:
-                opened.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
-                _load(opened)
-                image = to_8bit(ImageOps.exif_transpose(opened))
-        except UnidentifiedImageError as exc:
-            raise ValueError(f"not a readable image: {exc}") from exc
+    try:
+        with Image.open(src.path) as opened:
+            _refuse_bomb(opened)
+            opened.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
+            _load(opened)
+            image = to_8bit(ImageOps.exif_transpose(opened))
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"not a readable image: {exc}") from exc
     image.thumbnail((size, size), Image.Resampling.LANCZOS)  # keeps aspect, never enlarges
     return image
+
+
+def _refuse_bomb(image: Image.Image) -> None:
+    """A decompression bomb is a failed file, not a warning in a worker's log. Checked directly
+    rather than through the warnings filter, which is process-wide and not thread-safe."""
+    limit = Image.MAX_IMAGE_PIXELS
+    pixels = image.size[0] * image.size[1]
+    if limit is not None and pixels > limit:
+        raise Image.DecompressionBombError(
+            f"image has {pixels} pixels, more than the limit of {limit}: could be a "
+            "decompression bomb DOS attack"
+        )
 
 
 def _load(image: Image.Image) -> None:

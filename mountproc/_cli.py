@@ -90,7 +90,7 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         ),
         _opt("shard-max-files", type=int, help="Files per shard at most (default 1000)."),
         _opt("shard-max-bytes", help="Source bytes per shard at most, e.g. 512MiB (default 1GiB)."),
-        _opt("max-failures", help="Failure budget: a count (10) or a fraction (0.01, 1%%)."),
+        _opt("max-failures", help="Failure budget: a count (10) or a fraction (0.01, 1%)."),
         _flag("strict-mounts", "Require the source to be a mount (default: on Valohai only)."),
         _flag("allow-writable", "Accept a source mounted read-write."),
         _flag("fresh", "Replace earlier results of this job in outputs."),
@@ -277,6 +277,14 @@ def _guarded(action: Callable[[], None]) -> None:
     except MountprocError as exc:
         click.echo(f"mountproc: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug or an environment failure: one line, details with -vv
+        log.debug("internal error", exc_info=True)
+        click.echo(
+            f"mountproc: internal error: {type(exc).__name__}: {exc} (run with -vv for "
+            "the traceback)",
+            err=True,
+        )
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo(
             "mountproc: terminated" if sigterm.received else "mountproc: interrupted", err=True

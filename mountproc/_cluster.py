@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client as Client  # re-exported for type hints in the runner
+from distributed import LocalCluster, as_completed
 
-from mountproc._errors import ClusterError
+from mountproc._errors import ClusterError, ScratchNotSharedError
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +49,14 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
             n_workers=n,
             threads_per_worker=opts.threads_per_worker,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",  # a free port: never collide with another cluster
             silence_logs=logging.WARNING,
         )
     except Exception as exc:
         raise ClusterError(f"cannot start a local Dask cluster: {exc}") from exc
     log.info("started a local Dask cluster: %d workers x %d threads", n, opts.threads_per_worker)
+    if cluster.dashboard_link:
+        log.info("Dask dashboard: %s", cluster.dashboard_link)
     with cluster, Client(cluster) as client:
         yield client
 
@@ -113,6 +118,24 @@ def map_unordered(
         fut.release()
         submit_next()
         yield item, outcome
+
+
+def check_shared_dir(client: Client, directory: Path) -> None:
+    """Fail unless every worker sees ``directory`` (a token file written here): workers write
+    their tars to scratch and this process publishes them from there."""
+    token = directory / f".mountproc-token-{uuid.uuid4().hex}"
+    token.write_text("mountproc\n")
+    try:
+        seen = client.run(os.path.exists, str(token))
+    finally:
+        token.unlink(missing_ok=True)
+    blind = sorted(w for w, ok in seen.items() if not ok)
+    if blind:
+        raise ScratchNotSharedError(
+            f"scratch directory {directory} is not visible to worker {blind[0]} "
+            f"({len(blind)} of {len(seen)} workers): put --scratch on a file system shared by "
+            "this machine and every worker (e.g. the same NFS export mounted at the same path)"
+        )
 
 
 def worker_count(client: Client) -> int:

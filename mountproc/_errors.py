@@ -5,7 +5,8 @@
     │   ├── SettingsError ........ an invalid setting, named
     │   ├── JobFileError ......... the job file cannot be loaded or declares an invalid job
     │   ├── MountError ........... the mount preflight failed for a path
-    │   └── OutputsNotEmptyError . outputs already hold results of this job
+    │   ├── OutputsNotEmptyError . outputs already hold results of this job
+    │   └── ScratchNotSharedError  a worker cannot see the scratch directory
     ├── FailureBudgetExceeded (1)  more files failed than --max-failures allows
     └── ClusterError (1) ......... the Dask cluster could not be started or reached
 
@@ -42,6 +43,10 @@ class MountError(UsageError):
 
 class OutputsNotEmptyError(UsageError):
     """The outputs directory already holds results of this job."""
+
+
+class ScratchNotSharedError(UsageError):
+    """A worker cannot see the scratch directory where shards are built."""
 
 
 class FailureBudgetExceeded(MountprocError):

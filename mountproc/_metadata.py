@@ -139,10 +139,13 @@ def write_manifest(plan: Path, results_dir: Path, tar_names: Mapping[int, str], 
                 )
             ]
             cols.pop("skip_reason")
-            cols["tar"] = [tar_names.get(s) if s is not None else None for s in cols["shard"]]
             cols["status"], cols["error"], cols["members"] = (
                 (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [])
             )
+            cols["tar"] = [  # only where the file's outputs are: ok rows of a published shard
+                tar_names.get(shard) if status == Status.OK.value and shard is not None else None
+                for shard, status in zip(cols["shard"], cols["status"], strict=True)
+            ]
             writer.write_batch(pa.RecordBatch.from_pydict(cols, schema=MANIFEST_SCHEMA))
     reader.finish()
 

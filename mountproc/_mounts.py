@@ -239,6 +239,7 @@ def _build_report(path: Path, mount: MountInfo) -> MountReport:
     realpath = os.path.realpath(path)
     kind = classify(mount.fstype)
     is_mount_point = realpath == mount.mount_point
+    readonly = is_readonly(mount, realpath)
     extra = tuple(opt for opt in mount.super_options if opt not in mount.mount_options)
     return MountReport(
         path=path,
@@ -248,9 +249,11 @@ def _build_report(path: Path, mount: MountInfo) -> MountReport:
         source=mount.source,
         kind=kind,
         options=mount.mount_options + extra,
-        readonly=is_readonly(mount, realpath),
+        readonly=readonly,
         is_mount_point=is_mount_point,
-        on_mount=is_mount_point or kind != "local",
+        # a subdirectory of a read-only local mount (a bind mount) counts as mounted too; a
+        # subdirectory of a read-write local one (/home on its own disk) is a plain directory
+        on_mount=is_mount_point or kind != "local" or (mount.mount_point != "/" and readonly),
     )
 
 
@@ -265,7 +268,7 @@ def _plain_directory(report: MountReport, *, strict: bool) -> list[str]:
     if strict:
         raise MountError(
             f"source {_show(report.path)} is not a mount point ({where}): the mount may have "
-            "failed; check `mounts:` in valohai.yaml, or drop --strict-mounts to run on a "
+            "failed; check `mounts:` in valohai.yaml, or pass --no-strict-mounts to run on a "
             "plain directory"
         )
     return [
@@ -344,6 +347,6 @@ def check_writable_dir(path: Path, role: str) -> None:
         )
     if problem is not None:
         raise MountError(
-            f"{subject}: {problem}; point the {role} setting at a writable directory "
+            f"{subject}: {problem}; point --{role} at a writable directory "
             "on a read-write mount, or fix the permissions"
         )

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from mountproc import _cluster, _metadata
-from mountproc._errors import OutputsNotEmptyError
+from mountproc._errors import MountError, OutputsNotEmptyError
 from mountproc._job import Job
 from mountproc._listing import Patterns, write_listing
 from mountproc._mounts import MountReport, check_source, check_writable_dir
@@ -96,9 +99,18 @@ def preflight(job: Job, run: ResolvedRun) -> MountReport:
     )
     for w in warnings:
         log.warning("%s", w)
-    check_writable_dir(run.scratch, "scratch directory")
-    check_writable_dir(run.outputs, "outputs directory")
+    for role, path in (("outputs", run.outputs), ("scratch", run.scratch)):
+        check_writable_dir(path, role)
+        if _is_within(path, run.source):
+            raise MountError(
+                f"{role} directory {path} is inside the source {run.source}: it would be "
+                f"crawled as input; choose --{role} outside the source"
+            )
     return report
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
 
 
 def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None = None) -> RunReport:
@@ -106,15 +118,21 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
     started = time.monotonic()
     mount = preflight(job, run)
     paths = _Paths(run, job)
-    _prepare(paths, run.settings.fresh)
-    plan, entries = _plan(job, run, paths)
-    tally = Tally(skipped=entries - plan.files)
-    interrupted: KeyboardInterrupt | None = None  # Ctrl-C, or SIGTERM (a subclass)
-    try:
-        _execute(job, ref, run, paths, plan, tally, progress or (lambda _e: None))
-    except KeyboardInterrupt as exc:
-        interrupted = exc
-        log.warning("interrupted: publishing what is complete")
+    previous = _check_previous(paths, run.settings.fresh)
+    s = run.settings
+    with _cluster.open_cluster(
+        _cluster.ClusterOptions(s.scheduler, s.workers, s.threads_per_worker)
+    ) as client:
+        _prepare(paths, previous)
+        _cluster.check_shared_dir(client, paths.shards)
+        plan, entries = _plan(job, run, paths)
+        tally = Tally(skipped=entries - plan.files)
+        interrupted: KeyboardInterrupt | None = None  # Ctrl-C, or SIGTERM (a subclass)
+        try:
+            _execute(client, job, ref, run, paths, plan, tally, progress or (lambda _e: None))
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            log.warning("interrupted: publishing what is complete")
     within = run.settings.budget.allows(tally.failed, plan.files) and interrupted is None
     summary = _summary(job, run, mount, plan, tally, entries, time.monotonic() - started, within)
     _finish(job, run, paths, tally, summary, within)
@@ -123,7 +141,7 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
     return RunReport(summary, within)
 
 
-def _prepare(paths: _Paths, fresh: bool) -> None:
+def _check_previous(paths: _Paths, fresh: bool) -> list[Path]:
     previous = paths.previous_outputs()
     if previous and not fresh:
         raise OutputsNotEmptyError(
@@ -131,6 +149,10 @@ def _prepare(paths: _Paths, fresh: bool) -> None:
             f"({previous[0].name}, {len(previous)} files): pass --fresh to replace them, "
             "or choose another --outputs"
         )
+    return previous
+
+
+def _prepare(paths: _Paths, previous: list[Path]) -> None:
     for p in previous:
         p.chmod(0o644)
         p.unlink()
@@ -171,6 +193,7 @@ def _specs(job: Job, ref: JobRef, run: ResolvedRun, paths: _Paths) -> Iterator[S
 
 
 def _execute(
+    client: _cluster.Client,
     job: Job,
     ref: JobRef,
     run: ResolvedRun,
@@ -179,22 +202,44 @@ def _execute(
     tally: Tally,
     progress: Progress,
 ) -> None:
-    if plan.shards == 0:
-        return
-    s = run.settings
-    opts = _cluster.ClusterOptions(s.scheduler, s.workers, s.threads_per_worker)
-    with _cluster.open_cluster(opts) as client:
-        window = 2 * max(1, _cluster.worker_count(client)) * s.threads_per_worker
-        outcomes = _cluster.map_unordered(
-            client,
-            run_shard,
-            _specs(job, ref, run, paths),
-            key=lambda spec: f"mountproc-{job.name}-{spec.index:06d}-{ref.digest[:8]}",
-            window=window,
-        )
-        for spec, outcome in outcomes:
-            _collect(paths, spec, outcome, tally)
-            progress(_progress_event(plan, tally))
+    threads = run.settings.threads_per_worker
+    window = 2 * max(1, _cluster.worker_count(client)) * threads
+    outcomes = _cluster.map_unordered(
+        client,
+        run_shard,
+        _specs(job, ref, run, paths),
+        key=lambda spec: f"mountproc-{job.name}-{spec.index:06d}-{ref.digest[:8]}",
+        window=window,
+    )
+    for spec, outcome in outcomes:
+        # a tar is published together with its record, or not at all
+        _shielded(partial(_collect, paths, spec, outcome, tally))
+        progress(_progress_event(plan, tally))
+
+
+def _shielded(fn: Callable[[], None]) -> None:
+    """Run ``fn`` to completion even if Ctrl-C or SIGTERM arrives meanwhile, then re-raise the
+    interrupt. Signal handlers run in the main thread, so ``fn`` runs in another one."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the main thread below
+            errors.append(exc)
+
+    worker = threading.Thread(target=target, name="mountproc-publish")
+    worker.start()
+    interrupted: KeyboardInterrupt | None = None
+    while worker.is_alive():
+        try:
+            worker.join()
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if errors:
+        raise errors[0]
+    if interrupted is not None:
+        raise interrupted
 
 
 def _collect(
@@ -249,12 +294,13 @@ def _summary(
         "files_ok": tally.ok,
         "files_failed": tally.failed,
         "files_skipped": tally.skipped,
+        "files_not_processed": entries - tally.ok - tally.failed - tally.skipped,
         "shards": plan.shards,
         "shards_published": tally.shards_done,
         "shards_failed": tally.shards_failed,
         "max_failures": str(s.budget),
         "within_budget": within,
-        "dataset": None if s.test_mode else s.dataset,
+        "dataset": s.dataset if within and _dataset_target(run) else None,
         "params": run.params.model_dump(mode="json"),
         "seconds": round(seconds, 3),
         "files_per_s": round(plan.files / seconds, 1) if seconds > 0 else None,

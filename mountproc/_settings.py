@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -108,6 +109,12 @@ class RunSettings(BaseSettings):
             return check_dataset_uri(v, "dataset")
         except SettingsError:  # a ValueError, so the message names the flag like the others
             raise ValueError(f"{v!r} is not of the form dataset://<name>/<version>") from None
+
+    @model_validator(mode="after")
+    def _dataset_base(self) -> RunSettings:
+        if self.dataset_from and self.dataset_start_fresh:
+            raise ValueError("--dataset-from and --dataset-start-fresh contradict each other")
+        return self
 
     @field_validator("max_failures", mode="before")
     @classmethod
@@ -224,7 +231,9 @@ def _build(
         return _Layered(**{k: v for k, v in cli.items() if v is not None})
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "settings"
+        if not err["loc"]:  # a rule across settings: its message names them
+            raise SettingsError(f"invalid settings: {_clean(err['msg'])}") from None
+        field = str(err["loc"][0])
         raise SettingsError(f"invalid setting {flag_name(field)}: {_clean(err['msg'])}") from None
 
 

@@ -176,6 +176,7 @@ def test_rerun_needs_fresh(tmp_path: Path) -> None:
         (["--dataset", "preprocessed/v1"], "dataset://"),
         (["--size=abc"], "'size'"),
         (["--no-such-thing=1"], "--no_such_thing"),
+        (["--dataset-from", "dataset://a/v0", "--dataset-start-fresh"], "contradict"),
     ],
 )
 def test_bad_settings_exit_2_with_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
@@ -187,6 +188,18 @@ def test_bad_settings_exit_2_with_one_line(tmp_path: Path, args: list[str], expe
     assert expected in stderr
     assert "Traceback" not in stderr
     assert not out.exists()
+
+
+def test_outputs_inside_the_source_are_refused(tmp_path: Path) -> None:
+    from mountproc._samples import make_sample_tree
+
+    src = tmp_path / "src"
+    make_sample_tree(src, count=12)
+    code, _, stderr = _run(src, src / "out")
+    assert code == 2
+    assert "inside the source" in stderr
+    assert "--outputs" in stderr
+    assert not (src / "out").exists()
 
 
 def test_missing_source_and_broken_job_file_exit_2(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -91,6 +93,23 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
                 proc.wait()
 
 
+def _start(cmd: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        cmd, cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def _tars(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))}
 
@@ -132,3 +151,84 @@ def test_unreachable_scheduler_is_one_clear_line(tmp_path: Path) -> None:
     assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert time.monotonic() - start < 60
+
+
+@pytest.mark.mount
+def test_a_worker_that_cannot_see_scratch_stops_the_run_before_any_work(tmp_path: Path) -> None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to give a worker its own mount namespace")
+    src, shared = tmp_path / "src", tmp_path / "shared"
+    make_sample_tree(src, count=12)
+    shared.mkdir()
+    sched_file = tmp_path / "scheduler.json"
+    procs = [
+        _start(
+            [
+                *DASK,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(sched_file),
+            ],
+            tmp_path,
+        )
+    ]
+    try:
+        _wait_for(
+            lambda: sched_file.exists() and "address" in sched_file.read_text(),
+            30,
+            "the scheduler address",
+        )
+        address = json.loads(sched_file.read_text())["address"]
+        worker = " ".join(
+            [
+                *DASK,
+                "worker",
+                address,
+                "--nworkers",
+                "1",
+                "--nthreads",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+            ]
+        )
+        # this worker sees its own empty tmpfs where everyone else sees the shared scratch
+        procs.append(
+            _start(
+                [
+                    "unshare",
+                    "-m",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    f"mount -t tmpfs none {shared} && exec {worker}",
+                ],
+                tmp_path,
+            )
+        )
+        proc = run_cli(
+            "run",
+            RESIZE_JOB,
+            "--source",
+            src,
+            "--outputs",
+            tmp_path / "out",
+            "--scratch",
+            shared / "scratch",
+            "--scheduler",
+            address,
+            cwd=tmp_path,
+        )
+    finally:
+        _stop(procs)
+    assert proc.returncode == 2, proc.stderr
+    assert "is not visible to worker" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "out").glob("*.tar"))

@@ -116,3 +116,16 @@ def test_values_are_passed_as_name_equals_value(step: Any) -> None:
         "--size=128",
         "--quality=90",
     ]
+
+
+def test_job_parameters_match_the_job_bounds_and_defaults(step: Any) -> None:
+    """Valohai's form must not accept a value the job rejects, nor default to another one."""
+    from mountproc._job import load_job, read_job_file
+
+    job = load_job(read_job_file(YAML_PATH.parent.parent / "jobs" / "resize_images.py"))
+    for name, field in job.params.model_fields.items():
+        param = step.parameters[name]
+        assert param.default == field.default, name
+        bounds = {type(m).__name__: m for m in field.metadata}
+        assert param.min == bounds["Ge"].ge, name
+        assert param.max == bounds["Le"].le, name
