@@ -194,6 +194,10 @@ def check(ctx: click.Context, /, job_file: str, **values: Any) -> None:
             click.echo(f"{key:>16}: {value}")
         click.echo(f"{'scratch':>16}: {resolved.scratch} (writable)")
         click.echo(f"{'outputs':>16}: {resolved.outputs} (writable)")
+        for key, value in resolved.settings.model_dump(mode="json").items():
+            click.echo(f"{'--' + key.replace('_', '-'):>22} = {value}")
+        for key, value in resolved.params.model_dump(mode="json").items():
+            click.echo(f"{'job --' + key:>22} = {value}")
         click.echo("preflight ok")
 
     _guarded(action)

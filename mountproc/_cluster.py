@@ -50,7 +50,7 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
             threads_per_worker=opts.threads_per_worker,
             processes=True,
             dashboard_address=":0",  # a free port: never collide with another cluster
-            silence_logs=logging.WARNING,
+            silence_logs=logging.CRITICAL,  # mountproc reports task failures itself
         )
     except Exception as exc:
         raise ClusterError(f"cannot start a local Dask cluster: {exc}") from exc

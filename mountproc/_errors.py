@@ -4,6 +4,7 @@
     ├── UsageError (2) ........... the user must change something before a run can start
     │   ├── SettingsError ........ an invalid setting, named
     │   ├── JobFileError ......... the job file cannot be loaded or declares an invalid job
+    │   │   └── JobSetupError .... the job's per-worker setup raised
     │   ├── MountError ........... the mount preflight failed for a path
     │   ├── OutputsNotEmptyError . outputs already hold results of this job
     │   └── ScratchNotSharedError  a worker cannot see the scratch directory
@@ -35,6 +36,10 @@ class SettingsError(UsageError):
 
 class JobFileError(UsageError):
     """The job file cannot be loaded, or it declares an invalid job."""
+
+
+class JobSetupError(JobFileError):
+    """The job's per-worker setup raised: no file can be processed, so the run stops."""
 
 
 class MountError(UsageError):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mountproc import _cluster, _metadata
-from mountproc._errors import MountError, OutputsNotEmptyError
+from mountproc._errors import JobSetupError, MountError, OutputsNotEmptyError
 from mountproc._job import Job
 from mountproc._listing import Patterns, write_listing
 from mountproc._mounts import MountReport, check_source, check_writable_dir
@@ -245,6 +245,8 @@ def _shielded(fn: Callable[[], None]) -> None:
 def _collect(
     paths: _Paths, spec: ShardSpec, outcome: ShardResult | BaseException, tally: Tally
 ) -> None:
+    if isinstance(outcome, JobSetupError):
+        raise outcome  # every shard would fail the same way: stop with one line
     if isinstance(outcome, BaseException):
         reason = f"shard {spec.index} failed: {type(outcome).__name__}: {outcome}".strip()
         log.error("%s", reason)

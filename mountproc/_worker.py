@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from mountproc._errors import JobSetupError
 from mountproc._job import Context, Job, Skip, SourceFile, load_job, normalize_outputs
 from mountproc._packaging import TarBuilder, member_key
 from mountproc._records import FileEntry, FileResult, ShardResult, ShardSpec, Status
@@ -61,7 +62,13 @@ def _worker_state(job: Job, spec: ShardSpec, params: Any) -> Any:
     key = (spec.job.digest, spec.params_json)
     with _STATE_LOCK:
         if key not in _STATE:
-            _STATE[key] = job.setup_fn(params)
+            try:
+                _STATE[key] = job.setup_fn(params)
+            except Exception as exc:
+                raise JobSetupError(
+                    f"{spec.job.filename}: the job's setup failed on {socket.gethostname()}: "
+                    f"{_reason(exc)}"
+                ) from None
         return _STATE[key]
 
 

@@ -235,3 +235,37 @@ def test_read_write_mount_is_refused_before_any_work(tmp_path: Path, bind_mount)
     code, _, stderr = _run(ro, out, "--strict-mounts")
     assert code == 0, stderr
     assert len(list(out.glob("*.tar"))) == 1
+
+
+def test_a_failing_setup_stops_the_run_with_one_line(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"{i}.txt").write_text(str(i))
+    job = tmp_path / "setup_fails.py"
+    job.write_text(
+        "from mountproc import Job\n"
+        "job = Job(name='setup-fails')\n"
+        "@job.setup\n"
+        "def load(params):\n"
+        "    raise RuntimeError('model weights missing')\n"
+        "@job.transform\n"
+        "def t(src, ctx):\n"
+        "    return {'txt': b''}\n"
+    )
+    proc = run_cli("run", job, "--source", src, "--outputs", tmp_path / "out", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "setup failed" in proc.stderr
+    assert "RuntimeError: model weights missing" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_check_reports_mount_settings_and_parameters(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    proc = run_cli("check", RESIZE_JOB, "--source", src, "--size=64", "--test-mode", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "preflight ok" in proc.stdout
+    assert "--test-mode = True" in proc.stdout
+    assert "job --size = 64" in proc.stdout
+    assert not (tmp_path / "outputs").exists()
