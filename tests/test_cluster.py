@@ -31,68 +31,6 @@ def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-@pytest.fixture
-def dask_cluster(tmp_path: Path) -> Iterator[str]:
-    """A scheduler and two workers on 127.0.0.1, started from a directory without the job."""
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    sched_file = tmp_path / "scheduler.json"
-    procs = [
-        subprocess.Popen(
-            [
-                *DASK,
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(sched_file),
-            ],
-            cwd=elsewhere,
-            env=clean_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    try:
-        _wait_for(sched_file.exists, 30, "the scheduler file")
-        _wait_for(lambda: "address" in sched_file.read_text(), 30, "the scheduler address")
-        address = json.loads(sched_file.read_text())["address"]
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        *DASK,
-                        "worker",
-                        address,
-                        "--nworkers",
-                        "1",
-                        "--nthreads",
-                        "1",
-                        "--host",
-                        "127.0.0.1",
-                        "--no-dashboard",
-                    ],
-                    cwd=elsewhere,
-                    env=clean_env(),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        yield address
-    finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def _start(cmd: list[str], cwd: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         cmd, cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -108,6 +46,39 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def _start_scheduler(cwd: Path, procs: list[subprocess.Popen[bytes]]) -> str:
+    """Start ``dask scheduler`` on 127.0.0.1 and a free port; return its address."""
+    sched_file = cwd / "scheduler.json"
+    cmd = [*DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+    procs.append(_start([*cmd, "--scheduler-file", str(sched_file)], cwd))
+    _wait_for(
+        lambda: sched_file.exists() and "address" in sched_file.read_text(),
+        30,
+        "the scheduler address",
+    )
+    address: str = json.loads(sched_file.read_text())["address"]
+    return address
+
+
+def _worker_cmd(address: str) -> list[str]:
+    opts = ["--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]
+    return [*DASK, "worker", address, *opts]
+
+
+@pytest.fixture
+def dask_cluster(tmp_path: Path) -> Iterator[str]:
+    """A scheduler and two workers on 127.0.0.1, started from a directory without the job."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        address = _start_scheduler(elsewhere, procs)
+        procs += [_start(_worker_cmd(address), elsewhere) for _ in range(2)]
+        yield address
+    finally:
+        _stop(procs)
 
 
 def _tars(out: Path) -> dict[str, str]:
@@ -160,58 +131,14 @@ def test_a_worker_that_cannot_see_scratch_stops_the_run_before_any_work(tmp_path
     src, shared = tmp_path / "src", tmp_path / "shared"
     make_sample_tree(src, count=12)
     shared.mkdir()
-    sched_file = tmp_path / "scheduler.json"
-    procs = [
-        _start(
-            [
-                *DASK,
-                "scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--scheduler-file",
-                str(sched_file),
-            ],
-            tmp_path,
-        )
-    ]
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        _wait_for(
-            lambda: sched_file.exists() and "address" in sched_file.read_text(),
-            30,
-            "the scheduler address",
-        )
-        address = json.loads(sched_file.read_text())["address"]
-        worker = " ".join(
-            [
-                *DASK,
-                "worker",
-                address,
-                "--nworkers",
-                "1",
-                "--nthreads",
-                "1",
-                "--host",
-                "127.0.0.1",
-                "--no-dashboard",
-            ]
-        )
+        address = _start_scheduler(tmp_path, procs)
+        worker = " ".join(_worker_cmd(address))
         # this worker sees its own empty tmpfs where everyone else sees the shared scratch
+        isolated = f"mount -t tmpfs none {shared} && exec {worker}"
         procs.append(
-            _start(
-                [
-                    "unshare",
-                    "-m",
-                    "--propagation",
-                    "private",
-                    "sh",
-                    "-c",
-                    f"mount -t tmpfs none {shared} && exec {worker}",
-                ],
-                tmp_path,
-            )
+            _start(["unshare", "-m", "--propagation", "private", "sh", "-c", isolated], tmp_path)
         )
         proc = run_cli(
             "run",
