@@ -33,7 +33,6 @@ class ClusterOptions:
     scheduler: str | None = None
     workers: int | None = None
     threads_per_worker: int = 1
-    retries: int = 1
 
 
 @contextmanager
