@@ -73,6 +73,16 @@ class DatasetTarget:
         return out
 
 
+def results_path(directory: Path, shard: int) -> Path:
+    """Where one shard's per-file results live (written by the runner, read by the manifest)."""
+    return directory / f"shard-{shard:06d}.parquet"
+
+
+def record_path(directory: Path, shard: int) -> Path:
+    """Where one shard's completion record lives."""
+    return directory / f"shard-{shard:06d}.json"
+
+
 def write_results(path: Path, results: Sequence[FileResult]) -> None:
     """Write one shard's per-file results."""
     table = pa.table(
@@ -182,7 +192,7 @@ class _ShardResults:
             raise RuntimeError(f"shard {self.shard} results have more rows than the plan")
 
     def _load(self, shard: int) -> tuple[bool, Iterator[tuple[bytes, str, str | None, list[str]]]]:
-        path = self.directory / f"shard-{shard:06d}.parquet"
+        path = results_path(self.directory, shard)
         if not path.exists():
             return False, iter(())
         cols = pq.read_table(path).to_pydict()

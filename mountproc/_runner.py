@@ -251,14 +251,14 @@ def _collect(
         reason = f"shard {spec.index} failed: {type(outcome).__name__}: {outcome}".strip()
         log.error("%s", reason)
         results = tuple(FileResult(e.path, Status.FAILED, reason[:500]) for e in spec.entries)
-        _metadata.write_results(paths.results / f"shard-{spec.index:06d}.parquet", results)
+        _metadata.write_results(_metadata.results_path(paths.results, spec.index), results)
         tally.shards_failed += 1
         tally.add(results)
         return
     publish(Path(outcome.tar_path), paths.outputs / outcome.tar_name)
-    _metadata.write_results(paths.results / f"shard-{spec.index:06d}.parquet", outcome.results)
+    _metadata.write_results(_metadata.results_path(paths.results, spec.index), outcome.results)
     record = _metadata.shard_record(outcome)
-    _metadata.write_record(paths.results / f"shard-{spec.index:06d}.json", record)
+    _metadata.write_record(_metadata.record_path(paths.results, spec.index), record)
     tally.records.append(record)
     tally.shards_done += 1
     tally.add(outcome.results)
