@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from mountproc._errors import (
     ClusterError,
+    DiskFullError,
     FailureBudgetExceeded,
     JobFileError,
     JobSetupError,
     MountError,
     MountprocError,
     OutputsNotEmptyError,
+    RunAbortedError,
     SettingsError,
+    SourceLostError,
     UsageError,
+    WorkerMountError,
 )
 from mountproc._job import Context, Job, NoParams, Skip, SourceFile
 
@@ -20,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ClusterError",
     "Context",
+    "DiskFullError",
     "FailureBudgetExceeded",
     "Job",
     "JobFileError",
@@ -28,9 +33,12 @@ __all__ = [
     "MountprocError",
     "NoParams",
     "OutputsNotEmptyError",
+    "RunAbortedError",
     "SettingsError",
     "Skip",
     "SourceFile",
+    "SourceLostError",
     "UsageError",
+    "WorkerMountError",
     "__version__",
 ]

@@ -18,9 +18,11 @@ from typing import Any, NoReturn
 import click
 
 from mountproc import __version__
+from mountproc._cluster import left_stuck_processes
 from mountproc._errors import FailureBudgetExceeded, MountprocError, SettingsError
 from mountproc._job import Job, load_job, read_job_file
-from mountproc._runner import preflight, run_job
+from mountproc._preflight import human_bytes
+from mountproc._runner import Preflight, check_cluster, preflight, run_job
 from mountproc._settings import ResolvedRun, resolve
 
 log = logging.getLogger("mountproc")
@@ -60,17 +62,17 @@ def main(verbose: int, quiet: bool) -> None:
 
 
 def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    # directories are plain strings here: click.Path stats its value, and a stat of a hung
+    # mount blocks before any time limit of ours could apply
     options = [
-        _opt(
-            "source", type=click.Path(path_type=Path), help="Source directory (default: the job's)."
-        ),
+        _opt("source", metavar="DIR", help="Source directory (default: the job's)."),
         _opt(
             "outputs",
-            type=click.Path(path_type=Path),
+            metavar="DIR",
             help="Outputs directory (default: $VH_OUTPUTS_DIR; /valohai/outputs on Valohai; "
             "else ./outputs).",
         ),
-        _opt("scratch", type=click.Path(path_type=Path), help="Working directory for shards."),
+        _opt("scratch", metavar="DIR", help="Working directory for shards."),
         _flag("test-mode", "Process a small deterministic subset (also TEST_MODE=true)."),
         _opt("test-size", type=int, help="Files in the test-mode subset (default 100)."),
         _opt("workers", type=int, help="Workers of the embedded local cluster (default: CPUs)."),
@@ -93,6 +95,24 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         _opt("max-failures", help="Failure budget: a count (10) or a fraction (0.01, 1%)."),
         _flag("strict-mounts", "Require the source to be a mount (default: on Valohai only)."),
         _flag("allow-writable", "Accept a source mounted read-write."),
+        _flag("allow-empty", "Accept a source with no files (default: an error)."),
+        _opt(
+            "mount-timeout",
+            type=float,
+            help="Seconds a mount may take to answer a probe before it counts as hung "
+            "(default 30).",
+        ),
+        _opt(
+            "file-timeout",
+            type=float,
+            help="Seconds one file's transform may take; the file then fails (default 300, "
+            "0: no limit).",
+        ),
+        _opt(
+            "min-free-space",
+            help="Free space that scratch and outputs must have at the start, e.g. 20GiB "
+            "(default 1GiB).",
+        ),
         _flag("fresh", "Replace earlier results of this job in outputs."),
         click.option(
             "--param",
@@ -189,18 +209,43 @@ def check(ctx: click.Context, /, job_file: str, **values: Any) -> None:
 
     def action() -> None:
         _, job, resolved = _load(job_file, ctx, values)
-        mount = preflight(job, resolved)
-        for key, value in mount.as_dict().items():
-            click.echo(f"{key:>16}: {value}")
-        click.echo(f"{'scratch':>16}: {resolved.scratch} (writable)")
-        click.echo(f"{'outputs':>16}: {resolved.outputs} (writable)")
-        for key, value in resolved.settings.model_dump(mode="json").items():
-            click.echo(f"{'--' + key.replace('_', '-'):>22} = {value}")
-        for key, value in resolved.params.model_dump(mode="json").items():
-            click.echo(f"{'job --' + key:>22} = {value}")
+        started = time.monotonic()
+        checked = preflight(job, resolved)
+        _print_check(checked, time.monotonic() - started)
+        if resolved.settings.scheduler:
+            workers = check_cluster(job, resolved, checked)
+            click.echo(f"workers: {workers} checked at {resolved.settings.scheduler}, all alike")
+        _print_settings(resolved)
         click.echo("preflight ok")
 
     _guarded(action)
+
+
+def _print_check(checked: Preflight, seconds: float) -> None:
+    m = checked.mount
+    where = f"{m.fstype} {m.source}, {m.kind}" + (f", {m.service}" if m.service else "")
+    rows = [
+        ("source", str(m.path)),
+        ("  mount", f"{m.mount_point} ({where})"),
+        ("  mount point", "yes" if m.is_mount_point else "no (a directory inside the mount)"),
+        ("  read-only", "yes" if m.readonly else "no"),
+        ("  options", ",".join(m.options)),
+        ("  answered in", f"{seconds:.3f} s"),
+    ]
+    for d in checked.dirs:
+        rows.append((d.role, f"{d.path} ({d.fstype} on {d.mount_point})"))
+        rows.append(("  free", f"{human_bytes(d.free_bytes)} (writable)"))
+    for key, value in rows:
+        click.echo(f"{key:<16} {value}")
+
+
+def _print_settings(resolved: ResolvedRun) -> None:
+    click.echo("settings:")
+    for key, value in resolved.settings.model_dump(mode="json").items():
+        click.echo(f"{'  --' + key.replace('_', '-'):<22} = {value}")
+    click.echo("job parameters:")
+    for key, value in resolved.params.model_dump(mode="json").items():
+        click.echo(f"{'  --' + key:<22} = {value}")
 
 
 @main.command("sample-data")
@@ -276,11 +321,12 @@ def _guarded(action: Callable[[], None]) -> None:
     """Run ``action``; a mountproc error becomes one line on stderr and its exit code."""
     sigterm = _SigTerm()
     previous = signal.signal(signal.SIGTERM, sigterm)
+    code = 0
     try:
         action()
     except MountprocError as exc:
         click.echo(f"mountproc: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
     except Exception as exc:  # a bug or an environment failure: one line, details with -vv
         log.debug("internal error", exc_info=True)
         click.echo(
@@ -288,11 +334,23 @@ def _guarded(action: Callable[[], None]) -> None:
             "the traceback)",
             err=True,
         )
-        sys.exit(1)
+        code = 1
     except KeyboardInterrupt:
         click.echo(
             "mountproc: terminated" if sigterm.received else "mountproc: interrupted", err=True
         )
-        sys.exit(143 if sigterm.received else 130)
+        code = 143 if sigterm.received else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+    _exit(code)
+
+
+def _exit(code: int) -> None:
+    """Exit with ``code``; skip the interpreter's shutdown, which would wait forever, when a
+    worker process blocked on a hung mount could not be stopped."""
+    if left_stuck_processes():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    if code:
+        sys.exit(code)

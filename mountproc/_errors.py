@@ -6,10 +6,14 @@
     │   ├── JobFileError ......... the job file cannot be loaded or declares an invalid job
     │   │   └── JobSetupError .... the job's per-worker setup raised
     │   ├── MountError ........... the mount preflight failed for a path
+    │   │   └── WorkerMountError . a worker sees the source differently from this machine
     │   ├── OutputsNotEmptyError . outputs already hold results of this job
     │   └── ScratchNotSharedError  a worker cannot see the scratch directory
     ├── FailureBudgetExceeded (1)  more files failed than --max-failures allows
-    └── ClusterError (1) ......... the Dask cluster could not be started or reached
+    ├── ClusterError (1) ......... the Dask cluster could not be started or reached
+    └── RunAbortedError (1) ...... the run's environment failed mid-run; a rerun can go on
+        ├── SourceLostError ...... the source mount stopped answering
+        └── DiskFullError ........ scratch or outputs ran out of space
 
 Per-file problems are never exceptions across module boundaries: they are records with a
 status and a reason (see ``mountproc._records``).
@@ -46,6 +50,10 @@ class MountError(UsageError):
     """A mount or directory failed the preflight."""
 
 
+class WorkerMountError(MountError):
+    """A worker sees the source differently (missing, read-write, another export)."""
+
+
 class OutputsNotEmptyError(UsageError):
     """The outputs directory already holds results of this job."""
 
@@ -60,3 +68,15 @@ class FailureBudgetExceeded(MountprocError):
 
 class ClusterError(MountprocError):
     """The Dask cluster could not be started or reached."""
+
+
+class RunAbortedError(MountprocError):
+    """The environment failed during the run; what was complete is published."""
+
+
+class SourceLostError(RunAbortedError):
+    """The source mount stopped answering (server gone, stale handle, or blocked)."""
+
+
+class DiskFullError(RunAbortedError):
+    """Scratch or outputs ran out of space."""

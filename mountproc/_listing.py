@@ -11,13 +11,14 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mountproc._mounts import SICK_ERRNOS
 from mountproc._records import Kind
 
 log = logging.getLogger(__name__)
@@ -89,13 +90,31 @@ def _matches(compiled: tuple[re.Pattern[str], re.Pattern[str]], relpath: str) ->
     return bool(compiled[0].match(name) or compiled[1].match(relpath))
 
 
-def crawl(root: Path, patterns: Patterns) -> Iterator[Listed]:
+OnSick = Callable[[OSError], None]
+"""Called with an error that a dead mount gives (ENOTCONN, ESTALE...): raise to stop the crawl,
+return to record the entry as unreadable."""
+
+
+def _ignore(_exc: OSError) -> None:
+    return None
+
+
+def crawl(root: Path, patterns: Patterns, on_sick: OnSick = _ignore) -> Iterator[Listed]:
     """Yield every entry under ``root`` in sorted, depth-first order."""
+    for row in _crawl(root, patterns):
+        if isinstance(row, OSError):
+            on_sick(row)
+            continue
+        yield row
+
+
+def _crawl(root: Path, patterns: Patterns) -> Iterator[Listed | OSError]:
+    """The crawl; before an unreadable row caused by a mount's error, yield that error."""
     stack: list[Iterator[os.DirEntry[str]]] = []
     prefixes: list[str] = []
-    opened = _open_dir(str(root), "")
-    if isinstance(opened, Listed):
-        yield opened
+    opened = _open_dir(str(root))
+    if isinstance(opened, OSError):
+        yield from _unreadable(opened, ".", "cannot list directory")
         return
     stack.append(opened)
     prefixes.append("")
@@ -109,47 +128,47 @@ def crawl(root: Path, patterns: Patterns) -> Iterator[Listed]:
         try:
             is_dir = entry.is_dir(follow_symlinks=False)  # may stat when d_type is unknown
         except OSError as exc:
-            yield Listed(rel, Kind.UNREADABLE, skip_reason=f"cannot stat: {exc.strerror}")
+            yield from _unreadable(exc, rel, "cannot stat")
             continue
         if is_dir:
             if patterns.excluded(rel):
                 yield Listed(rel, Kind.DIRECTORY, skip_reason="directory excluded by pattern")
                 continue
-            sub = _open_dir(entry.path, rel)
-            if isinstance(sub, Listed):
-                yield sub
+            sub = _open_dir(entry.path)
+            if isinstance(sub, OSError):
+                yield from _unreadable(sub, rel, "cannot list directory")
             else:
                 stack.append(sub)
                 prefixes.append(rel + "/")
             continue
-        yield _classify(entry, rel, patterns)
+        try:
+            yield _classify(entry, rel, patterns)
+        except OSError as exc:  # d_type unknown and the stat failed (e.g. a stale NFS handle)
+            yield from _unreadable(exc, rel, "cannot stat")
 
 
-def _open_dir(path: str, rel: str) -> Iterator[os.DirEntry[str]] | Listed:
+def _unreadable(exc: OSError, rel: str, what: str) -> Iterator[Listed | OSError]:
+    if exc.errno in SICK_ERRNOS:
+        yield exc
+    yield Listed(rel, Kind.UNREADABLE, skip_reason=f"{what}: {exc.strerror}")
+
+
+def _open_dir(path: str) -> Iterator[os.DirEntry[str]] | OSError:
     try:
         with os.scandir(path) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            return iter(sorted(it, key=lambda e: e.name))
     except OSError as exc:
-        return Listed(
-            rel or ".", Kind.UNREADABLE, skip_reason=f"cannot list directory: {exc.strerror}"
-        )
-    return iter(entries)
+        return exc
 
 
 def _classify(entry: os.DirEntry[str], rel: str, patterns: Patterns) -> Listed:
-    try:
-        is_link, is_file = entry.is_symlink(), entry.is_file(follow_symlinks=False)
-    except OSError as exc:  # d_type unknown and the stat failed (e.g. a stale NFS handle)
-        return Listed(rel, Kind.UNREADABLE, skip_reason=f"cannot stat: {exc.strerror}")
+    is_link, is_file = entry.is_symlink(), entry.is_file(follow_symlinks=False)
     if is_link:
         return Listed(rel, Kind.SYMLINK, skip_reason="symlink (never followed)")
     if is_file:
         if not patterns.included(rel):
             return Listed(rel, Kind.FILE, skip_reason="not selected by include/exclude patterns")
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except OSError as exc:
-            return Listed(rel, Kind.UNREADABLE, skip_reason=f"cannot stat: {exc.strerror}")
+        st = entry.stat(follow_symlinks=False)
         return Listed(rel, Kind.FILE, st.st_size, st.st_mtime_ns)
     kind = _special_kind(entry)
     return Listed(rel, kind, skip_reason=f"not a regular file ({kind.value})")
@@ -174,12 +193,14 @@ def display_path(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def write_listing(root: Path, patterns: Patterns, out: Path) -> ListingStats:
+def write_listing(
+    root: Path, patterns: Patterns, out: Path, on_sick: OnSick = _ignore
+) -> ListingStats:
     """Crawl ``root`` into the Parquet file ``out`` in bounded batches."""
     entries = eligible = eligible_bytes = 0
     with pq.ParquetWriter(out, LISTING_SCHEMA) as writer:
         batch: list[Listed] = []
-        for row in crawl(root, patterns):
+        for row in crawl(root, patterns, on_sick):
             entries += 1
             if row.skip_reason is None:
                 eligible += 1

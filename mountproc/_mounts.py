@@ -1,15 +1,19 @@
-"""The mount contract: parse /proc/self/mountinfo and preflight source, scratch and outputs dirs."""
+"""The mount table: parse /proc/self/mountinfo, find and classify the mount holding a path, and
+probe whether a mount is alive without ever blocking the caller."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
-import stat
-from collections.abc import Sequence
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from mountproc._errors import MountError
 
@@ -40,6 +44,25 @@ _NETWORK_FSTYPES = frozenset(
         "fuse.ceph-fuse",
     }
 )
+SICK_ERRNOS = frozenset(
+    {
+        errno.ENOTCONN,  # FUSE (sshfs) whose daemon or connection is gone
+        errno.ESTALE,  # NFS handle invalidated by the server
+        errno.EIO,  # soft NFS mount that timed out; a failing disk
+        errno.ETIMEDOUT,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+    }
+)
+"""Errors that say the mount (not the file) is in trouble: retried, then the mount is probed."""
+
+T = TypeVar("T")
+
+POLL_STEP_S = 0.2
+
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
 _MIN_FIELDS = 7  # six fixed fields before the optional ones, then the " - " separator
 _SEPARATOR_FROM = 6
@@ -59,35 +82,102 @@ class MountInfo:
     super_options: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class MountReport:
-    """What the preflight found out about a source directory and the mount holding it."""
+class MountNotAliveError(MountError):
+    """A mount did not answer in time or answered with an error of a dead mount."""
 
-    path: Path
-    realpath: str
-    mount_point: str
-    fstype: str
-    source: str
-    kind: MountKind
-    options: tuple[str, ...]
-    readonly: bool
-    is_mount_point: bool
-    on_mount: bool
 
-    def as_dict(self) -> dict[str, object]:
-        """Return the report as JSON-serialisable data for the run summary."""
-        return {
-            "path": str(self.path),
-            "realpath": self.realpath,
-            "mount_point": self.mount_point,
-            "fstype": self.fstype,
-            "source": self.source,
-            "kind": self.kind,
-            "options": list(self.options),
-            "readonly": self.readonly,
-            "is_mount_point": self.is_mount_point,
-            "on_mount": self.on_mount,
-        }
+def errno_text(exc: OSError) -> str:
+    """``ENOTCONN: Transport endpoint is not connected`` for an OSError."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    text = exc.strerror or str(exc)
+    return f"{name}: {text}" if name else text
+
+
+def find_oserror(exc: BaseException | None, errnos: Collection[int]) -> OSError | None:
+    """The first OSError with one of ``errnos`` in ``exc`` or its causes, or None."""
+    for _ in range(8):  # causes chain; bounded against cycles
+        if exc is None:
+            return None
+        if isinstance(exc, OSError) and exc.errno in errnos:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def sick_error(exc: BaseException | None) -> OSError | None:
+    """The OSError of a dead or flaky mount in ``exc`` or its causes, or None."""
+    return find_oserror(exc, SICK_ERRNOS)
+
+
+def call_with_timeout(
+    fn: Callable[[], T],
+    timeout: float,
+    name: str = "mountproc-probe",
+    poll: Callable[[], None] | None = None,
+) -> T:
+    """Run ``fn`` in a daemon thread and return its result; raise TimeoutError if it has not
+    returned within ``timeout`` seconds, or what ``poll`` raises (called while waiting). A call
+    blocked on a hard mount cannot be cancelled, so the thread is left behind; it never holds a
+    lock of ours."""
+    box: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # handed to the caller below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while thread.is_alive():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"no answer within {timeout:g} s")
+        thread.join(left if poll is None else min(left, POLL_STEP_S))
+        if poll is not None and thread.is_alive():
+            poll()
+    if errors:
+        raise errors[0]
+    return box[0]
+
+
+def not_alive(role: str, path: str | os.PathLike[str], detail: str) -> MountNotAliveError:
+    return MountNotAliveError(
+        f"{role} {show(path)} is not answering ({detail}): its mount looks dead or hung "
+        "(server unreachable, stale handle, FUSE daemon gone); check the server and the "
+        "network, remount it, then run again"
+    )
+
+
+def lookup_unique(path: str | os.PathLike[str]) -> None:
+    """Look up a name that cannot exist under ``path``: no cache can answer that, so the server
+    must (FileNotFoundError is the healthy answer; a dead mount raises ENOTCONN, EIO...)."""
+    try:
+        os.lstat(os.path.join(path, f".mountproc-probe-{uuid.uuid4().hex}"))
+    except FileNotFoundError:
+        return
+
+
+def probe_alive(path: str | os.PathLike[str], timeout: float, role: str = "source") -> None:
+    """Raise MountNotAliveError unless ``path`` can be stat'ed and listed, and its server
+    answers a lookup, within ``timeout``."""
+
+    def probe() -> None:
+        os.stat(path)
+        with os.scandir(path) as entries:
+            next(entries, None)
+        lookup_unique(path)
+
+    try:
+        call_with_timeout(probe, timeout)
+    except TimeoutError:
+        raise not_alive(role, path, f"no answer within {timeout:g} s") from None
+    except OSError as exc:
+        if exc.errno not in SICK_ERRNOS:
+            raise
+        raise not_alive(role, path, errno_text(exc)) from None
 
 
 def _unescape(field: str) -> str:
@@ -95,7 +185,7 @@ def _unescape(field: str) -> str:
     return _OCTAL_ESCAPE.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-def _show(path: str | os.PathLike[str]) -> str:
+def show(path: str | os.PathLike[str]) -> str:
     """Render a path for a one-line message, escaping control characters such as newlines."""
     text = os.fspath(path)
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
@@ -143,7 +233,7 @@ def read_mount_table(path: str = MOUNTINFO_PATH) -> list[MountInfo]:
         text = Path(path).read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise MountError(
-            f"mount table {_show(path)} cannot be read ({exc.strerror or exc}): "
+            f"mount table {show(path)} cannot be read ({exc.strerror or exc}): "
             "mountproc needs Linux with /proc mounted"
         ) from None
     return parse_mountinfo(text)
@@ -167,24 +257,24 @@ def find_mount(path: Path, mounts: Sequence[MountInfo]) -> MountInfo:
             best = mount
     if best is None:
         raise MountError(
-            f"path {_show(path)} is on no mount in the mount table: "
+            f"path {show(path)} is on no mount in the mount table: "
             "pass the mount table of this process (/proc/self/mountinfo)"
         )
     return best
 
 
-def _statvfs_readonly(path: str | os.PathLike[str]) -> bool:
+def statvfs_readonly(path: str | os.PathLike[str]) -> bool:
     """Tell whether statvfs reports path as on a read-only mount; False if it cannot be asked."""
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError as exc:
-        logger.debug("statvfs(%s) failed: %s", _show(path), exc)
+        logger.debug("statvfs(%s) failed: %s", show(path), exc)
         return False
 
 
 def is_readonly(mount: MountInfo, path: str | os.PathLike[str]) -> bool:
     """Tell whether path is read-only: per-mount ro, superblock ro, or statvfs ST_RDONLY."""
-    return "ro" in mount.mount_options or "ro" in mount.super_options or _statvfs_readonly(path)
+    return "ro" in mount.mount_options or "ro" in mount.super_options or statvfs_readonly(path)
 
 
 def classify(fstype: str) -> MountKind:
@@ -196,157 +286,15 @@ def classify(fstype: str) -> MountKind:
     return "local"
 
 
-def _stat_source(path: Path) -> os.stat_result:
-    """Stat a source path, turning every failure into a one-line MountError."""
-    try:
-        return os.stat(path)
-    except FileNotFoundError:
-        raise MountError(
-            f"source {_show(path)} does not exist: "
-            "check the mount's destination in valohai.yaml or pass --source"
-        ) from None
-    except OSError as exc:
-        raise MountError(
-            f"source {_show(path)} cannot be accessed ({exc.strerror or exc}): "
-            "check that its mount is alive (remount it) and that this user may read it"
-        ) from None
-
-
-def _check_listable(path: Path) -> None:
-    """Raise MountError unless path is a directory this process can read and list."""
-    if not stat.S_ISDIR(_stat_source(path).st_mode):
-        raise MountError(
-            f"source {_show(path)} is not a directory: point --source (or the mount's "
-            "destination in valohai.yaml) at the directory holding the files"
-        )
-    try:
-        listable = os.access(path, os.R_OK | os.X_OK)
-        if listable:
-            with os.scandir(path) as entries:
-                next(entries, None)
-    except OSError as exc:
-        logger.debug("listing %s failed: %s", _show(path), exc)
-        listable = False
-    if not listable:
-        raise MountError(
-            f"source {_show(path)} is not readable or cannot be listed: "
-            "grant this user read and execute permission on it, or check that its mount is alive"
-        )
-
-
-def _build_report(path: Path, mount: MountInfo) -> MountReport:
-    """Describe path and the mount holding it."""
-    realpath = os.path.realpath(path)
-    kind = classify(mount.fstype)
-    is_mount_point = realpath == mount.mount_point
-    readonly = is_readonly(mount, realpath)
-    extra = tuple(opt for opt in mount.super_options if opt not in mount.mount_options)
-    return MountReport(
-        path=path,
-        realpath=realpath,
-        mount_point=mount.mount_point,
-        fstype=mount.fstype,
-        source=mount.source,
-        kind=kind,
-        options=mount.mount_options + extra,
-        readonly=readonly,
-        is_mount_point=is_mount_point,
-        # a subdirectory of a read-only local mount (a bind mount) counts as mounted too; a
-        # subdirectory of a read-write local one (/home on its own disk) is a plain directory
-        on_mount=is_mount_point or kind != "local" or (mount.mount_point != "/" and readonly),
-    )
-
-
-def _describe(report: MountReport) -> str:
-    """Name a report's mount for a message: '<mount_point>, <fstype> <source>'."""
-    return f"{_show(report.mount_point)}, {report.fstype} {_show(report.source)}"
-
-
-def _plain_directory(report: MountReport, *, strict: bool) -> list[str]:
-    """Raise under --strict-mounts, else return the warning for a source that is no mount."""
-    where = f"a plain directory on {_describe(report)}"
-    if strict:
-        raise MountError(
-            f"source {_show(report.path)} is not a mount point ({where}): the mount may have "
-            "failed; check `mounts:` in valohai.yaml, or pass --no-strict-mounts to run on a "
-            "plain directory"
-        )
-    return [
-        f"source {_show(report.path)} is not a mount point ({where}): running on it as a "
-        "plain directory without the read-only check; pass --strict-mounts to make this an error"
-    ]
-
-
-def _writable_mount(report: MountReport, *, allow_writable: bool) -> list[str]:
-    """Raise unless --allow-writable, else return the warning for a read-write source mount."""
-    where = f"a read-write mount ({_describe(report)})"
-    if not allow_writable:
-        raise MountError(
-            f"source {_show(report.path)} is on {where}: mount it read-only (`readonly: true` "
-            "in valohai.yaml, or `mount -o remount,ro`), or pass --allow-writable if that is "
-            "intended"
-        )
-    return [f"source {_show(report.path)} is on {where}: allowed by --allow-writable"]
-
-
-def check_source(
-    path: Path,
-    *,
-    declared_readonly: bool = True,
-    strict: bool,
-    allow_writable: bool,
-    mounts: list[MountInfo] | None = None,
-) -> tuple[MountReport, list[str]]:
-    """Preflight a source directory; return its report and warnings, or raise MountError."""
-    _check_listable(path)
-    table = read_mount_table() if mounts is None else mounts
-    report = _build_report(path, find_mount(path, table))
-    logger.debug("source mount report: %s", report)
-    if not report.on_mount:
-        return report, _plain_directory(report, strict=strict)
-    if declared_readonly and not report.readonly:
-        return report, _writable_mount(report, allow_writable=allow_writable)
-    return report, []
-
-
-def _nearest_existing(path: Path) -> Path:
-    """Return the closest ancestor of an absolute path that exists (at worst '/')."""
-    for parent in path.parents:
-        if os.path.lexists(parent):
-            return parent
-    return Path(path.anchor)
-
-
-def _writable_problem(path: Path) -> str | None:
-    """Say why an existing path cannot hold new files, or None if it can."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        return f"it cannot be accessed ({exc.strerror or exc})"
-    if not stat.S_ISDIR(mode):
-        return "it is not a directory"
-    if _statvfs_readonly(path):
-        return "it is on a read-only mount"
-    if not os.access(path, os.W_OK | os.X_OK):
-        return "this user lacks write and execute permission on it"
+def service(mount: MountInfo) -> str | None:
+    """Name the managed service behind a network mount when its table entry tells."""
+    host = mount.source.split(":", 1)[0]
+    if not mount.fstype.startswith("nfs"):
+        return None
+    if ".efs." in host and host.endswith(".amazonaws.com"):
+        return "aws-efs"
+    tunnelled = any(o.startswith("port=") for o in mount.super_options)
+    if host in ("127.0.0.1", "localhost") and tunnelled:
+        # amazon-efs-utils' TLS mounts go through a local stunnel on a port of its own
+        return "nfs over a local TLS tunnel (aws-efs with tls)"
     return None
-
-
-def check_writable_dir(path: Path, role: str) -> None:
-    """Raise MountError unless path is (or could be created as) a writable directory."""
-    absolute = Path(os.path.abspath(path))
-    if os.path.lexists(absolute):
-        problem = _writable_problem(absolute)
-        subject = f"{role} directory {_show(path)} is not writable"
-    else:
-        ancestor = _nearest_existing(absolute)
-        problem = _writable_problem(ancestor)
-        subject = (
-            f"{role} directory {_show(path)} cannot be created "
-            f"(its nearest existing parent {_show(ancestor)} is not writable)"
-        )
-    if problem is not None:
-        raise MountError(
-            f"{subject}: {problem}; point --{role} at a writable directory "
-            "on a read-write mount, or fix the permissions"
-        )

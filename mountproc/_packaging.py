@@ -91,9 +91,11 @@ class TarBuilder:
         return self._hash.sha.hexdigest(), self._hash.size
 
     def abort(self) -> None:
-        """Drop the partial tar."""
-        self._raw.close()
-        self.partial.unlink(missing_ok=True)
+        """Drop the partial tar (closing it may fail again on a full disk: drop it anyway)."""
+        try:
+            self._raw.close()
+        finally:
+            self.partial.unlink(missing_ok=True)
 
     def __enter__(self) -> TarBuilder:
         return self

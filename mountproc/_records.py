@@ -47,6 +47,37 @@ class JobRef:
 
 
 @dataclass(frozen=True)
+class SourceView:
+    """The facts about the source's mount that every machine of a run must see alike."""
+
+    mount_point: str
+    fstype: str
+    source: str
+    readonly: bool
+    on_mount: bool
+
+
+@dataclass(frozen=True)
+class WorkerCheck:
+    """What a worker verifies before its first shard: it sees the source as the driver does,
+    and it sees the scratch directory (a token file the driver wrote there)."""
+
+    source: str
+    view: SourceView
+    token_path: str
+    token: str
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Time limits a worker enforces: per file, and for probing a mount."""
+
+    file_timeout_s: float = 0.0  # 0: no limit
+    mount_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class ShardSpec:
     """Everything a worker needs to run one shard, and nothing that needs the driver."""
 
@@ -57,6 +88,8 @@ class ShardSpec:
     work_dir: str
     tar_name: str
     entries: tuple[FileEntry, ...]
+    check: WorkerCheck | None = None
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
@@ -14,14 +16,29 @@ from pathlib import Path
 from typing import Any
 
 from mountproc import _cluster, _metadata
-from mountproc._errors import JobSetupError, MountError, OutputsNotEmptyError
+from mountproc._errors import (
+    DiskFullError,
+    MountError,
+    MountprocError,
+    OutputsNotEmptyError,
+)
 from mountproc._job import Job
 from mountproc._listing import Patterns, write_listing
-from mountproc._mounts import MountReport, check_source, check_writable_dir
+from mountproc._mounts import show
 from mountproc._packaging import publish
-from mountproc._records import FileResult, JobRef, ShardResult, ShardSpec, Status
+from mountproc._preflight import DirReport, MountReport, check_output_dir, check_source
+from mountproc._records import (
+    FileResult,
+    JobRef,
+    Limits,
+    ShardResult,
+    ShardSpec,
+    Status,
+    WorkerCheck,
+)
 from mountproc._settings import ResolvedRun
 from mountproc._sharding import Plan, ShardBounds, iter_shards, test_subset, write_plan
+from mountproc._sourcewatch import SourceWatch
 from mountproc._worker import run_shard
 
 log = logging.getLogger(__name__)
@@ -34,6 +51,8 @@ TEST_MODE_TAG = "mountproc-test-mode"
 class Tally:
     """Running counts of a run."""
 
+    shards_total: int = 0
+    files_total: int = 0
     shards_done: int = 0
     shards_failed: int = 0
     ok: int = 0
@@ -89,24 +108,55 @@ class _Paths:
         )
 
 
-def preflight(job: Job, run: ResolvedRun) -> MountReport:
+@dataclass(frozen=True)
+class Preflight:
+    """What the preflight found: the source's mount, and scratch and outputs."""
+
+    mount: MountReport
+    dirs: tuple[DirReport, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The facts for the run summary."""
+        return {"mount": self.mount.as_dict(), **{d.role: d.as_dict() for d in self.dirs}}
+
+
+def preflight(job: Job, run: ResolvedRun) -> Preflight:
     """Check the source mount, scratch and outputs before anything is started or written."""
+    s = run.settings
     report, warnings = check_source(
         run.source,
         declared_readonly=job.readonly,
         strict=run.strict_mounts,
-        allow_writable=run.settings.allow_writable,
+        allow_writable=s.allow_writable,
+        allow_empty=s.allow_empty,
+        timeout=s.mount_timeout,
     )
     for w in warnings:
         log.warning("%s", w)
+    dirs = []
     for role, path in (("outputs", run.outputs), ("scratch", run.scratch)):
-        check_writable_dir(path, role)
         if _is_within(path, run.source):
             raise MountError(
-                f"{role} directory {path} is inside the source {run.source}: it would be "
-                f"crawled as input; choose --{role} outside the source"
+                f"{role} directory {show(path)} is inside the source {show(run.source)}: it "
+                f"would be crawled as input; choose --{role} outside the source"
             )
-    return report
+        dirs.append(check_output_dir(path, role, int(s.min_free_space), s.mount_timeout))
+    return Preflight(report, tuple(dirs))
+
+
+def check_cluster(job: Job, run: ResolvedRun, checked: Preflight) -> int:
+    """Connect to ``--scheduler`` and check every worker's view of the mounts; return how many
+    workers were checked. Writes only a token file in scratch, removed again."""
+    paths = _Paths(run, job)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    check = _worker_check(run, paths, checked.mount)
+    s = run.settings
+    try:
+        with _cluster.open_cluster(_cluster.ClusterOptions(s.scheduler)) as client:
+            _cluster.check_workers(client, check)
+            return _cluster.worker_count(client)
+    finally:
+        Path(check.token_path).unlink(missing_ok=True)
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -114,31 +164,57 @@ def _is_within(path: Path, root: Path) -> bool:
 
 
 def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None = None) -> RunReport:
-    """Run ``job`` end to end; per-file failures are counted, never raised."""
+    """Run ``job`` end to end; per-file failures are counted, never raised. A run stopped by
+    Ctrl-C, SIGTERM or a failing environment still publishes what is complete, then raises."""
     started = time.monotonic()
-    mount = preflight(job, run)
+    checked = preflight(job, run)
     paths = _Paths(run, job)
     previous = _check_previous(paths, run.settings.fresh)
+    _reset_scratch(paths)
+    plan, entries = _plan(job, run, paths)
+    tally = Tally(plan.shards, plan.files, skipped=entries - plan.files)
     s = run.settings
+    stop: BaseException | None = None
     with _cluster.open_cluster(
         _cluster.ClusterOptions(s.scheduler, s.workers, s.threads_per_worker)
     ) as client:
-        _prepare(paths, previous)
-        _cluster.check_shared_dir(client, paths.shards)
-        plan, entries = _plan(job, run, paths)
-        tally = Tally(skipped=entries - plan.files)
-        interrupted: KeyboardInterrupt | None = None  # Ctrl-C, or SIGTERM (a subclass)
+        _replace_previous(paths, previous)
+        check = _worker_check(run, paths, checked.mount)
+        _cluster.check_workers(client, check)
         try:
-            _execute(client, job, ref, run, paths, plan, tally, progress or (lambda _e: None))
-        except KeyboardInterrupt as exc:
-            interrupted = exc
+            _execute(client, run, paths, _specs(job, ref, run, paths, check), tally, progress)
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a subclass)
+            stop = exc
             log.warning("interrupted: publishing what is complete")
-    within = run.settings.budget.allows(tally.failed, plan.files) and interrupted is None
-    summary = _summary(job, run, mount, plan, tally, entries, time.monotonic() - started, within)
-    _finish(job, run, paths, tally, summary, within)
-    if interrupted is not None:
-        raise interrupted
+        except MountprocError as exc:  # every further shard would fail the same way
+            stop = exc
+            log.error("stopping the run: %s", exc)
+    within = s.budget.allows(tally.failed, plan.files) and stop is None
+    summary = _summary(job, run, checked, plan, tally, entries, time.monotonic() - started, within)
+    summary["stopped_by"] = None if stop is None else f"{type(stop).__name__}: {stop}"
+    _finish_safely(job, run, paths, tally, summary, within, stop)
+    if stop is not None:
+        raise stop
     return RunReport(summary, within)
+
+
+def _finish_safely(
+    job: Job,
+    run: ResolvedRun,
+    paths: _Paths,
+    tally: Tally,
+    summary: dict[str, Any],
+    within: bool,
+    stop: BaseException | None,
+) -> None:
+    """Publish the manifest, summary and metadata; after a stop, a failure to do so (a full
+    disk) must not hide the reason the run stopped."""
+    try:
+        _disk_full_is_an_error(lambda: _finish(job, run, paths, tally, summary, within))
+    except MountprocError as exc:
+        if stop is None:
+            raise
+        log.error("could not publish the manifest and summary: %s", exc)
 
 
 def _check_previous(paths: _Paths, fresh: bool) -> list[Path]:
@@ -152,17 +228,33 @@ def _check_previous(paths: _Paths, fresh: bool) -> list[Path]:
     return previous
 
 
-def _prepare(paths: _Paths, previous: list[Path]) -> None:
-    for p in previous:
-        p.chmod(0o644)
-        p.unlink()
+def _reset_scratch(paths: _Paths) -> None:
     shutil.rmtree(paths.root, ignore_errors=True)
-    for d in (paths.outputs, paths.shards, paths.results):
+    for d in (paths.shards, paths.results):
         d.mkdir(parents=True, exist_ok=True)
 
 
+def _replace_previous(paths: _Paths, previous: list[Path]) -> None:
+    """Remove what an earlier run published (``--fresh``), once this run is sure to start."""
+    for p in previous:
+        p.chmod(0o644)
+        p.unlink()
+    paths.outputs.mkdir(parents=True, exist_ok=True)
+
+
+def _worker_check(run: ResolvedRun, paths: _Paths, mount: MountReport) -> WorkerCheck:
+    """What every worker must see as this process does; writes the scratch token."""
+    token_path = paths.root / ".mountproc-token"
+    token = uuid.uuid4().hex
+    token_path.write_text(token)
+    view = mount.view()
+    return WorkerCheck(str(run.source), view, str(token_path), token, run.settings.mount_timeout)
+
+
 def _plan(job: Job, run: ResolvedRun, paths: _Paths) -> tuple[Plan, int]:
-    stats = write_listing(run.source, Patterns(job.include, job.exclude), paths.listing)
+    patterns = Patterns(job.include, job.exclude)
+    with SourceWatch(run.source, run.settings.mount_timeout, "the listing") as watch:
+        stats = watch.run(lambda: write_listing(run.source, patterns, paths.listing, watch.probe))
     subset = test_subset(paths.listing, run.settings.test_size) if run.settings.test_mode else None
     bounds = ShardBounds(run.settings.shard_max_files, int(run.settings.shard_max_bytes))
     plan = write_plan(paths.listing, paths.plan, bounds, subset)
@@ -173,13 +265,20 @@ def _plan(job: Job, run: ResolvedRun, paths: _Paths) -> tuple[Plan, int]:
             stats.eligible,
         )
     log.info("%d files (%d bytes) in %d shard(s)", plan.files, plan.bytes, plan.shards)
-    if plan.files == 0:
-        log.warning("no files to process under %s (check the include patterns)", run.source)
+    if plan.files == 0 and not run.settings.allow_empty:
+        raise MountError(
+            f"no files to process under {show(run.source)} ({stats.entries} entries listed, "
+            "none selected): check the source and the job's include/exclude patterns, or pass "
+            "--allow-empty"
+        )
     return plan, stats.entries
 
 
-def _specs(job: Job, ref: JobRef, run: ResolvedRun, paths: _Paths) -> Iterator[ShardSpec]:
+def _specs(
+    job: Job, ref: JobRef, run: ResolvedRun, paths: _Paths, check: WorkerCheck
+) -> Iterator[ShardSpec]:
     params_json = run.params.model_dump_json()
+    limits = Limits(run.settings.file_timeout, run.settings.mount_timeout)
     for index, entries in iter_shards(paths.plan):
         yield ShardSpec(
             index,
@@ -189,32 +288,54 @@ def _specs(job: Job, ref: JobRef, run: ResolvedRun, paths: _Paths) -> Iterator[S
             str(paths.shards),
             paths.tar_name(index),
             entries,
+            check,
+            limits,
         )
 
 
 def _execute(
     client: _cluster.Client,
-    job: Job,
-    ref: JobRef,
     run: ResolvedRun,
     paths: _Paths,
-    plan: Plan,
+    specs: Iterator[ShardSpec],
     tally: Tally,
-    progress: Progress,
+    progress: Progress | None,
 ) -> None:
     threads = run.settings.threads_per_worker
     window = 2 * max(1, _cluster.worker_count(client)) * threads
-    outcomes = _cluster.map_unordered(
+    stream = _cluster.TaskStream(
         client,
         run_shard,
-        _specs(job, ref, run, paths),
-        key=lambda spec: f"mountproc-{job.name}-{spec.index:06d}-{ref.digest[:8]}",
+        specs,
+        key=lambda spec: f"mountproc-{paths.tar_prefix}{spec.index:06d}-{spec.job.digest[:8]}",
         window=window,
     )
-    for spec, outcome in outcomes:
-        # a tar is published together with its record, or not at all
-        _shielded(partial(_collect, paths, spec, outcome, tally))
-        progress(_progress_event(plan, tally))
+    timeout = run.settings.mount_timeout
+    try:
+        with SourceWatch(run.source, timeout, "the run", on_lost=stream.cancel) as watch:
+            for spec, outcome in stream:
+                watch.check()
+                # a tar is published together with its record, or not at all
+                collect = partial(_collect, paths, spec, outcome, tally)
+                _shielded(partial(_disk_full_is_an_error, collect))
+                if progress is not None:
+                    progress(_progress_event(tally))
+    finally:  # on a stop, cancel the shards in flight while the cluster is still up
+        stream.cancel()
+
+
+def _disk_full_is_an_error(fn: Callable[[], None]) -> None:
+    """Run ``fn``; a full disk (scratch or outputs) becomes DiskFullError naming the path."""
+    try:
+        fn()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = show(exc.filename) if exc.filename else "scratch or outputs"
+        raise DiskFullError(
+            f"no space left writing {where} ({exc.strerror}): free space or point --scratch "
+            "and --outputs at bigger disks, then run again"
+        ) from None
 
 
 def _shielded(fn: Callable[[], None]) -> None:
@@ -245,8 +366,8 @@ def _shielded(fn: Callable[[], None]) -> None:
 def _collect(
     paths: _Paths, spec: ShardSpec, outcome: ShardResult | BaseException, tally: Tally
 ) -> None:
-    if isinstance(outcome, JobSetupError):
-        raise outcome  # every shard would fail the same way: stop with one line
+    if isinstance(outcome, MountprocError):
+        raise outcome  # a broken setup, a worker's mount, a full disk: every shard would fail
     if isinstance(outcome, BaseException):
         reason = f"shard {spec.index} failed: {type(outcome).__name__}: {outcome}".strip()
         log.error("%s", reason)
@@ -264,20 +385,20 @@ def _collect(
     tally.add(outcome.results)
 
 
-def _progress_event(plan: Plan, tally: Tally) -> dict[str, Any]:
+def _progress_event(tally: Tally) -> dict[str, Any]:
     return {
         "shards_done": tally.shards_done + tally.shards_failed,
-        "shards_total": plan.shards,
+        "shards_total": tally.shards_total,
         "files_ok": tally.ok,
         "files_failed": tally.failed,
-        "files_total": plan.files,
+        "files_total": tally.files_total,
     }
 
 
 def _summary(
     job: Job,
     run: ResolvedRun,
-    mount: MountReport,
+    checked: Preflight,
     plan: Plan,
     tally: Tally,
     entries: int,
@@ -288,7 +409,7 @@ def _summary(
     return {
         "job": job.name,
         "source": str(run.source),
-        "mount": mount.as_dict(),
+        **checked.as_dict(),
         "test_mode": s.test_mode,
         "entries_listed": entries,
         "files_selected": plan.files,

@@ -98,6 +98,10 @@ class RunSettings(BaseSettings):
     max_failures: str = "1%"
     strict_mounts: bool | None = None
     allow_writable: bool = False
+    allow_empty: bool = False
+    mount_timeout: float = Field(30.0, gt=0)
+    file_timeout: float = Field(300.0, ge=0)
+    min_free_space: ByteSize = Field(ByteSize(1 << 30), ge=0)
     fresh: bool = False
 
     @field_validator("dataset", "dataset_from")

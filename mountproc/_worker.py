@@ -1,58 +1,113 @@
 """Runs one shard: the transform on each file, outputs streamed into the shard's tar in scratch.
 
 Plain data in, plain data out, no Dask import: it runs the same under a test, a LocalCluster
-or a remote worker. A failing file becomes a ``FileResult``; only a broken job file or an
-unwritable scratch directory fails the whole shard.
+or a remote worker. A failing file becomes a ``FileResult``; only what would fail every shard
+(a broken job setup, a worker that sees the mounts differently, a dead source mount, a full
+scratch disk) is raised, as a ``MountprocError`` that stops the run.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shutil
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mountproc._errors import JobSetupError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from mountproc._errors import DiskFullError, JobSetupError, MountprocError, SourceLostError
 from mountproc._job import Context, Job, Skip, SourceFile, load_job, normalize_outputs
+from mountproc._listing import display_path
+from mountproc._mounts import errno_text, find_oserror, probe_alive, sick_error
 from mountproc._packaging import TarBuilder, member_key
+from mountproc._preflight import check_worker
 from mountproc._records import FileEntry, FileResult, ShardResult, ShardSpec, Status
+from mountproc._watchdog import ShardNotes, watchdog
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 500
+READ_ATTEMPTS = 3
+"""Attempts at a file whose mount answers with ENOTCONN, ESTALE, EIO...: reopening the path
+gets past a failover or a transient handle error."""
 
 _STATE: dict[tuple[str, str], Any] = {}
 _STATE_LOCK = threading.Lock()
+_CHECKED: set[str] = set()
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()} (pid {os.getpid()})"
 
 
 def run_shard(spec: ShardSpec) -> ShardResult:
     """Process every file of ``spec`` and return the finished tar's facts and per-file results."""
+    _check_once(spec)
     job = load_job(spec.job)
     params = job.params.model_validate_json(spec.params_json)
     state = _worker_state(job, spec, params)
     work_dir = Path(spec.work_dir)
     tmp_dir = work_dir / f"tmp-{spec.index:06d}"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(params=params, state=state, shard=spec.index, tmp_dir=tmp_dir)
-    results = []
     try:
-        with TarBuilder(work_dir / spec.tar_name) as tar:
-            for entry in spec.entries:
-                results.append(_process(job, spec, entry, ctx, tar))
-            sha, size = tar.close()
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+        ctx = Context(params=params, state=state, shard=spec.index, tmp_dir=tmp_dir)
+        results, sha, size, tar_path = _build(job, spec, ctx)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFullError(
+            f"scratch directory {work_dir} is full ({errno_text(exc)}) on worker "
+            f"{_worker_name()} while building shard {spec.index}: free space or point --scratch "
+            "at a bigger disk, then run again"
+        ) from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return ShardResult(
         index=spec.index,
-        tar_path=str(tar.path),
+        tar_path=str(tar_path),
         tar_name=spec.tar_name,
         sha256=sha,
         tar_bytes=size,
         results=tuple(results),
         worker=socket.gethostname(),
     )
+
+
+def _build(job: Job, spec: ShardSpec, ctx: Context[Any]) -> tuple[list[FileResult], str, int, Path]:
+    """Run every file into the shard's tar; files condemned by earlier attempts fail at once."""
+    notes = ShardNotes(Path(spec.work_dir), spec.index)
+    condemned = notes.recover()
+    guard = watchdog()
+    results = []
+    done = False
+    try:
+        with TarBuilder(Path(spec.work_dir) / spec.tar_name) as tar:
+            for pos, entry in enumerate(spec.entries):
+                if pos in condemned:
+                    results.append(FileResult(entry.path, Status.FAILED, condemned[pos]))
+                    continue
+                with guard.file(notes, pos, entry.path, spec.source_root, spec.limits):
+                    results.append(_process(job, spec, entry, ctx, tar))
+            sha, size = tar.close()
+        done = True
+    finally:
+        notes.close(done=done)
+    return results, sha, size, tar.path
+
+
+def _check_once(spec: ShardSpec) -> None:
+    """Before this process's first shard of a run, check that it sees the source and scratch
+    as the driver does (workers that joined after the run's start were never checked)."""
+    check = spec.check
+    if check is None or check.token in _CHECKED:
+        return
+    check_worker(check, _worker_name())
+    _CHECKED.add(check.token)
 
 
 def _worker_state(job: Job, spec: ShardSpec, params: Any) -> Any:
@@ -78,19 +133,55 @@ def _process(
     src = SourceFile(Path(spec.source_root) / entry.path, entry.path, entry.size, entry.mtime_ns)
     assert job.transform_fn is not None
     try:
-        value = job.transform_fn(src, ctx)
+        value = _with_retries(lambda: job.transform_fn(src, ctx))  # type: ignore[misc]
         if value is None:
             return FileResult(entry.path, Status.SKIPPED, "declined by the transform")
         outputs = normalize_outputs(value)
     except Skip as exc:
         return FileResult(entry.path, Status.SKIPPED, _reason(exc) or "declined by the transform")
     except Exception as exc:
-        return FileResult(entry.path, Status.FAILED, _reason(exc))
+        return FileResult(entry.path, Status.FAILED, _failure(exc, spec, entry))
     key = member_key(entry.path)
     members = tuple(f"{key}.{suffix}" for suffix, _ in outputs)
     for name, (_, data) in zip(members, outputs, strict=True):
         tar.add(name, data)
     return FileResult(entry.path, Status.OK, None, members)
+
+
+def _with_retries(fn: Callable[[], Any]) -> Any:
+    """Call ``fn``, again after a short pause while it fails with a mount's error."""
+    retrying = Retrying(
+        stop=stop_after_attempt(READ_ATTEMPTS),
+        wait=wait_exponential(multiplier=0.2, max=2.0),
+        retry=retry_if_exception(lambda exc: sick_error(exc) is not None),
+        reraise=True,
+    )
+    return retrying(fn)
+
+
+def _failure(exc: Exception, spec: ShardSpec, entry: FileEntry) -> str:
+    """The reason a file failed; raise instead when the failure is the mount's or the disk's."""
+    disk = find_oserror(exc, (errno.ENOSPC, errno.EDQUOT))
+    if disk is not None:
+        raise disk
+    sick = sick_error(exc)
+    if sick is None and find_oserror(exc, (errno.ENOENT,)) is None:
+        return _reason(exc)
+    _check_source_still_there(spec, entry)  # a vanished file may be a vanished mount
+    if sick is None:
+        return _reason(exc)
+    return f"{_reason(exc)} (still {errno_text(sick)} after {READ_ATTEMPTS} attempts)"
+
+
+def _check_source_still_there(spec: ShardSpec, entry: FileEntry) -> None:
+    """Raise SourceLostError if the source's mount is dead, hung, or no longer the same."""
+    try:
+        if spec.check is not None:
+            check_worker(spec.check, _worker_name())
+        else:
+            probe_alive(spec.source_root, spec.limits.mount_timeout_s)
+    except MountprocError as exc:
+        raise SourceLostError(f"{exc} (noticed while reading {display_path(entry.path)})") from None
 
 
 def _reason(exc: BaseException) -> str:

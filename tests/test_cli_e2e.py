@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import stat
 from collections import Counter
 from pathlib import Path
@@ -263,9 +264,33 @@ def test_a_failing_setup_stops_the_run_with_one_line(tmp_path: Path) -> None:
 def test_check_reports_mount_settings_and_parameters(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
+    (src / "a.jpg").write_bytes(b"x")
     proc = run_cli("check", RESIZE_JOB, "--source", src, "--size=64", "--test-mode", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "preflight ok" in proc.stdout
-    assert "--test-mode = True" in proc.stdout
-    assert "job --size = 64" in proc.stdout
+    assert re.search(r"--test-mode += True", proc.stdout)
+    assert re.search(r"--size += 64", proc.stdout)
+    assert re.search(r"(?m)^scratch +.*\n +free +\d", proc.stdout)
     assert not (tmp_path / "outputs").exists()
+
+
+def test_empty_source_is_refused_unless_allowed(tmp_path: Path) -> None:
+    """An empty source (a mount that was never populated) fails fast; --allow-empty runs."""
+    src = tmp_path / "src"
+    src.mkdir()
+    out = tmp_path / "out"
+    proc = run_cli("run", RESIZE_JOB, "--source", src, "--outputs", out, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"source {src} is empty" in proc.stderr
+    assert "--allow-empty" in proc.stderr
+    assert not out.exists()
+    (src / "notes.txt").write_text("not an image")
+    proc = run_cli("run", RESIZE_JOB, "--source", src, "--outputs", out, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no files to process" in proc.stderr
+    assert not out.exists()
+    proc = run_cli(
+        "run", RESIZE_JOB, "--source", src, "--outputs", out, "--allow-empty", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert read_manifest(out)[0]["status"] == "skipped"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import RESIZE_JOB, clean_env, run_cli
@@ -65,6 +67,14 @@ def _start_scheduler(cwd: Path, procs: list[subprocess.Popen[bytes]]) -> str:
 def _worker_cmd(address: str) -> list[str]:
     opts = ["--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]
     return [*DASK, "worker", address, *opts]
+
+
+def _wait_for_workers(address: str, n: int) -> None:
+    """Wait until ``n`` workers have joined the scheduler at ``address``."""
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        client.wait_for_workers(n, timeout=60)
 
 
 @pytest.fixture
@@ -156,6 +166,54 @@ def test_a_worker_that_cannot_see_scratch_stops_the_run_before_any_work(tmp_path
     finally:
         _stop(procs)
     assert proc.returncode == 2, proc.stderr
-    assert "is not visible to worker" in proc.stderr
+    assert (
+        f"scratch directory {shared / 'scratch' / 'resize-images'} is not shared with worker tcp://127.0.0.1:"
+        in proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "out").glob("*.tar"))
+
+
+@pytest.mark.mount
+def test_a_worker_that_sees_the_source_differently_stops_the_run(
+    tmp_path: Path, bind_mount: Any
+) -> None:
+    """The driver sees a read-only bind mount; one worker, in its own mount namespace, sees a
+    read-write tmpfs at the same path: the run stops before any work, naming that worker."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare to give a worker its own mount namespace")
+    data = tmp_path / "data"
+    make_sample_tree(data, count=12)
+    src = bind_mount(data, tmp_path / "mnt", readonly=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        address = _start_scheduler(tmp_path, procs)
+        procs.append(_start(_worker_cmd(address), tmp_path))
+        worker = " ".join(_worker_cmd(address))
+        other_view = f"mount -t tmpfs mountproc-test {src} && exec {worker}"
+        procs.append(
+            _start(["unshare", "-m", "--propagation", "private", "sh", "-c", other_view], tmp_path)
+        )
+        _wait_for_workers(address, 2)
+        proc = run_cli(
+            "run",
+            RESIZE_JOB,
+            "--source",
+            src,
+            "--outputs",
+            tmp_path / "out",
+            "--strict-mounts",
+            "--scheduler",
+            address,
+            cwd=tmp_path,
+        )
+    finally:
+        _stop(procs)
+    assert proc.returncode == 2, proc.stderr
+    assert re.search(
+        rf"worker tcp://127\.0\.0\.1:\d+ sees the source {re.escape(str(src))} differently: "
+        "it is mounted read-write there",
+        proc.stderr,
+    ), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "out").glob("*.tar"))

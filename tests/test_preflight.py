@@ -1,0 +1,189 @@
+"""Tests of mountproc._preflight: the source, scratch and outputs checks, on hand-written mount
+tables and on real bind mounts."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mountproc._errors import MountError
+from mountproc._mounts import MountInfo
+from mountproc._preflight import check_source, check_writable_dir
+
+BindMount = Callable[..., Path]
+
+
+def _mount(mount_id: int, mount_point: str, fstype: str = "ext4", opts: str = "rw") -> MountInfo:
+    """Build a MountInfo for lookup tests."""
+    return MountInfo(mount_id, 1, "/", mount_point, (opts,), fstype, "src", ("rw",))
+
+
+# --- check_source with a hand-written table ----------------------------------------------------
+
+
+def _table_with(mount_point: Path, fstype: str, opts: str) -> list[MountInfo]:
+    """A root mount plus one mount at mount_point."""
+    return [_mount(1, "/"), _mount(2, os.path.realpath(mount_point), fstype, opts)]
+
+
+def test_check_source_network_readonly_passes(tmp_path: Path) -> None:
+    """A subdirectory of a read-only network mount passes and is on a mount."""
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    table = _table_with(tmp_path, "nfs4", "ro")
+    report, warnings = check_source(sub, strict=True, allow_writable=False, mounts=table)
+    assert warnings == []
+    assert (report.kind, report.readonly, report.on_mount) == ("network", True, True)
+    assert not report.is_mount_point
+    assert json.loads(json.dumps(report.as_dict()))["fstype"] == "nfs4"
+
+
+def test_check_source_network_writable_fails(tmp_path: Path) -> None:
+    """A read-write network mount fails unless read-only is not declared."""
+    table = _table_with(tmp_path, "nfs4", "rw")
+    with pytest.raises(MountError, match="read-write"):
+        check_source(tmp_path, strict=False, allow_writable=False, mounts=table)
+    report, warnings = check_source(
+        tmp_path, declared_readonly=False, strict=False, allow_writable=False, mounts=table
+    )
+    assert warnings == []
+    assert not report.readonly
+
+
+def test_check_source_not_a_directory(tmp_path: Path) -> None:
+    """A file is not a source."""
+    file = tmp_path / "f.txt"
+    file.write_text("x")
+    with pytest.raises(MountError, match="is not a directory"):
+        check_source(file, strict=False, allow_writable=False, mounts=[_mount(1, "/")])
+
+
+def test_check_source_not_listable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A directory this user may not read or list fails (os.access is faked: root reads all)."""
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+    with pytest.raises(MountError, match="not readable"):
+        check_source(tmp_path, strict=False, allow_writable=False, mounts=[_mount(1, "/")])
+
+
+def test_check_source_messages_are_one_line(tmp_path: Path) -> None:
+    """A path with a newline in its name still gives a one-line message."""
+    odd = tmp_path / "a\nb"
+    odd.mkdir()
+    with pytest.raises(MountError) as info:
+        check_source(odd, strict=True, allow_writable=False, mounts=[_mount(1, "/")])
+    assert "\n" not in str(info.value)
+    assert "a\\nb" in str(info.value)
+
+
+# --- check_writable_dir ------------------------------------------------------------------------
+
+
+def test_writable_dir_fresh_tmp_passes(tmp_path: Path) -> None:
+    """A fresh temporary directory is writable."""
+    check_writable_dir(tmp_path, "scratch")
+
+
+def test_writable_dir_missing_under_writable_parent(tmp_path: Path) -> None:
+    """A missing directory under a writable parent passes and is not created."""
+    target = tmp_path / "a" / "b"
+    check_writable_dir(target, "outputs")
+    assert not (tmp_path / "a").exists()
+
+
+def test_writable_dir_is_a_file(tmp_path: Path) -> None:
+    """A file is not a writable directory; the error names the role and the path."""
+    file = tmp_path / "f"
+    file.write_text("x")
+    with pytest.raises(MountError, match=r"outputs directory .*/f is not writable"):
+        check_writable_dir(file, "outputs")
+    with pytest.raises(MountError, match=r"scratch directory .* cannot be created"):
+        check_writable_dir(file / "sub", "scratch")
+
+
+# --- real bind mounts --------------------------------------------------------------------------
+
+
+def _source_tree(tmp_path: Path, name: str = "src") -> Path:
+    """A directory with one file, to be bind-mounted."""
+    src = tmp_path / name
+    src.mkdir()
+    (src / "a.jpg").write_bytes(b"x")
+    return src
+
+
+@pytest.mark.mount
+def test_readonly_bind_mount_passes(tmp_path: Path, bind_mount: BindMount) -> None:
+    """A read-only bind mount is found as a mount point (os.path.ismount misses it) and passes."""
+    dst = bind_mount(_source_tree(tmp_path), tmp_path / "ro", True)
+    report, warnings = check_source(dst, strict=True, allow_writable=False)
+    assert warnings == []
+    assert report.is_mount_point
+    assert report.on_mount
+    assert report.readonly
+    assert report.mount_point == os.path.realpath(dst)
+
+
+@pytest.mark.mount
+def test_readwrite_bind_mount_fails(tmp_path: Path, bind_mount: BindMount) -> None:
+    """A read-write bind mount fails, naming the path and 'read-write'."""
+    dst = bind_mount(_source_tree(tmp_path), tmp_path / "rw", False)
+    with pytest.raises(MountError, match="read-write") as info:
+        check_source(dst, strict=True, allow_writable=False)
+    assert str(dst) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.mount
+def test_readwrite_bind_mount_allowed(tmp_path: Path, bind_mount: BindMount) -> None:
+    """allow_writable=True lets a read-write mount pass with a warning."""
+    dst = bind_mount(_source_tree(tmp_path), tmp_path / "rw", False)
+    report, warnings = check_source(dst, strict=True, allow_writable=True)
+    assert not report.readonly
+    assert len(warnings) == 1
+    assert "read-write" in warnings[0]
+
+
+@pytest.mark.mount
+def test_missing_source_fails(tmp_path: Path) -> None:
+    """A missing source fails with a message naming it."""
+    missing = tmp_path / "nope"
+    with pytest.raises(MountError, match="does not exist") as info:
+        check_source(missing, strict=False, allow_writable=False)
+    assert str(missing) in str(info.value)
+
+
+@pytest.mark.mount
+def test_plain_directory_strict_and_lenient(tmp_path: Path) -> None:
+    """A plain directory fails under strict and is a warning otherwise, without a ro check."""
+    plain = _source_tree(tmp_path, "photos")
+    with pytest.raises(MountError, match="is not a mount point"):
+        check_source(plain, strict=True, allow_writable=False)
+    report, warnings = check_source(plain, strict=False, allow_writable=False)
+    assert not report.on_mount
+    assert len(warnings) == 1
+    assert "not a mount point" in warnings[0]
+
+
+@pytest.mark.mount
+def test_mount_point_with_space(tmp_path: Path, bind_mount: BindMount) -> None:
+    """A read-only bind mount whose directory name has a space is found and passes."""
+    dst = bind_mount(_source_tree(tmp_path), tmp_path / "my data", True)
+    report, warnings = check_source(dst, strict=True, allow_writable=False)
+    assert warnings == []
+    assert report.is_mount_point
+    assert report.mount_point.endswith("/my data")
+
+
+@pytest.mark.mount
+def test_writable_dir_on_readonly_mount_fails(tmp_path: Path, bind_mount: BindMount) -> None:
+    """An outputs directory on a read-only bind mount fails, and so does one to be made in it."""
+    dst = bind_mount(_source_tree(tmp_path), tmp_path / "ro", True)
+    with pytest.raises(MountError, match=r"outputs directory .* read-only mount"):
+        check_writable_dir(dst, "outputs")
+    with pytest.raises(MountError, match=r"scratch directory .* cannot be created"):
+        check_writable_dir(dst / "new", "scratch")
+    assert not (dst / "new").exists()
