@@ -1,0 +1,80 @@
+"""Faults inside a worker, for real: a transform that hangs on one file, and one that kills its
+worker process on one file. The run must end, publish every other file, and name the culprit."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from conftest import read_manifest, run_cli
+
+pytestmark = pytest.mark.cluster
+
+FILES = 12
+
+
+def _tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(FILES):
+        (src / f"{i:02d}.txt").write_text(f"file {i}\n")
+    return src
+
+
+def _job(tmp_path: Path, on_culprit: str) -> Path:
+    """A job that copies text files, and does ``on_culprit`` on 05.txt."""
+    job = tmp_path / "faulty.py"
+    job.write_text(
+        "import os, time\n"
+        "from mountproc import Job\n"
+        "job = Job(name='faulty')\n"
+        "@job.transform\n"
+        "def copy(src, ctx):\n"
+        "    if src.relpath == '05.txt':\n"
+        f"        {on_culprit}\n"
+        "    return {'txt': src.read_bytes()}\n"
+    )
+    return job
+
+
+def _run(tmp_path: Path, job: Path, *extra: str) -> tuple[int, str, float]:
+    start = time.monotonic()
+    proc = run_cli(
+        "run", job, "--source", _tree(tmp_path), "--outputs", tmp_path / "out",
+        "--workers", "1", "--shard-max-files", "4", "--max-failures", "1", *extra,
+        cwd=tmp_path, timeout=180,
+    )  # fmt: skip
+    return proc.returncode, proc.stderr, time.monotonic() - start
+
+
+def _statuses(out: Path) -> dict[str, tuple[str, str | None]]:
+    return {r["path"]: (r["status"], r["error"]) for r in read_manifest(out, "faulty")}
+
+
+def test_a_transform_that_hangs_on_one_file_fails_that_file_within_the_limit(
+    tmp_path: Path,
+) -> None:
+    code, stderr, took = _run(tmp_path, _job(tmp_path, "time.sleep(3600)"), "--file-timeout", "3")
+    assert code == 0, stderr
+    statuses = _statuses(tmp_path / "out")
+    status, error = statuses.pop("05.txt")
+    assert status == "failed"
+    assert "took longer than --file-timeout=3s" in (error or "")
+    assert {s for s, _ in statuses.values()} == {"ok"}
+    assert len(statuses) == FILES - 1
+    assert len(list((tmp_path / "out").glob("*.tar"))) == 3
+    assert took < 120
+
+
+def test_a_file_that_kills_its_worker_is_failed_and_the_rest_is_published(
+    tmp_path: Path,
+) -> None:
+    code, stderr, _ = _run(tmp_path, _job(tmp_path, "os._exit(3)"))
+    assert code == 0, stderr
+    statuses = _statuses(tmp_path / "out")
+    status, error = statuses.pop("05.txt")
+    assert status == "failed"
+    assert "worker process died 2 times while processing this file" in (error or "")
+    assert {s for s, _ in statuses.values()} == {"ok"}
+    assert len(list((tmp_path / "out").glob("*.tar"))) == 3
