@@ -294,3 +294,17 @@ def test_empty_source_is_refused_unless_allowed(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert read_manifest(out)[0]["status"] == "skipped"
+
+
+def test_a_plain_directory_is_refused_under_strict_mounts(tmp_path: Path) -> None:
+    """Under --strict-mounts a source that is no mount (a mount that failed) is an error."""
+    from mountproc._samples import make_sample_tree
+
+    src = tmp_path / "src"
+    make_sample_tree(src, count=12)
+    out = tmp_path / "out"
+    code, _, stderr = _run(src, out, "--strict-mounts")
+    assert code == 2
+    assert f"source {src} is not a mount point" in stderr
+    assert "--no-strict-mounts" in stderr
+    assert not out.exists()
