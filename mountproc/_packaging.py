@@ -13,6 +13,7 @@ import io
 import os
 import shutil
 import tarfile
+import uuid
 from pathlib import Path
 from types import TracebackType
 
@@ -68,7 +69,8 @@ class TarBuilder:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.partial = path.with_name(path.name + ".partial")
+        # a name of its own: an attempt orphaned by a dead driver may still be writing
+        self.partial = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.partial")
         self._raw = self.partial.open("wb")
         self._hash = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._hash, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115

@@ -36,6 +36,7 @@ from mountproc._records import (
     Status,
     WorkerCheck,
 )
+from mountproc._resume import changed, identity, read_state, remove_published, reuse, write_state
 from mountproc._settings import ResolvedRun
 from mountproc._sharding import Plan, ShardBounds, iter_shards, test_subset, write_plan
 from mountproc._sourcewatch import SourceWatch
@@ -59,6 +60,15 @@ class Tally:
     failed: int = 0
     skipped: int = 0
     records: list[_metadata.ShardRecord] = field(default_factory=list)
+
+    def reuse(self, finished: dict[int, _metadata.ShardRecord]) -> None:
+        """Count the shards an earlier run of the same command finished."""
+        for record in finished.values():
+            self.records.append(record)
+            self.shards_done += 1
+            self.ok += record.files_ok
+            self.failed += record.files_failed
+            self.skipped += record.files_skipped
 
     def add(self, results: tuple[FileResult, ...]) -> None:
         """Count one shard's file results."""
@@ -169,20 +179,22 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
     started = time.monotonic()
     checked = preflight(job, run)
     paths = _Paths(run, job)
-    previous = _check_previous(paths, run.settings.fresh)
-    _reset_scratch(paths)
-    plan, entries = _plan(job, run, paths)
+    begun = _begin(paths, run, ref)
+    plan, entries = begun.plan or _plan(job, run, paths, begun.state)
     tally = Tally(plan.shards, plan.files, skipped=entries - plan.files)
+    tally.reuse(begun.finished)
     s = run.settings
     stop: BaseException | None = None
     with _cluster.open_cluster(
         _cluster.ClusterOptions(s.scheduler, s.workers, s.threads_per_worker)
     ) as client:
-        _replace_previous(paths, previous)
+        remove_published(begun.replaced)
+        paths.outputs.mkdir(parents=True, exist_ok=True)
         check = _worker_check(run, paths, checked.mount)
         _cluster.check_workers(client, check)
+        specs = _specs(job, ref, run, paths, check, set(begun.finished))
         try:
-            _execute(client, run, paths, _specs(job, ref, run, paths, check), tally, progress)
+            _execute(client, run, paths, specs, tally, progress)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a subclass)
             stop = exc
             log.warning("interrupted: publishing what is complete")
@@ -192,6 +204,7 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
     within = s.budget.allows(tally.failed, plan.files) and stop is None
     summary = _summary(job, run, checked, plan, tally, entries, time.monotonic() - started, within)
     summary["stopped_by"] = None if stop is None else f"{type(stop).__name__}: {stop}"
+    summary["shards_reused"] = len(begun.finished)
     _finish_safely(job, run, paths, tally, summary, within, stop)
     if stop is not None:
         raise stop
@@ -217,29 +230,64 @@ def _finish_safely(
         log.error("could not publish the manifest and summary: %s", exc)
 
 
-def _check_previous(paths: _Paths, fresh: bool) -> list[Path]:
+@dataclass(frozen=True)
+class _Begun:
+    """How a run starts: afresh, or resuming an earlier run of the same command."""
+
+    state: dict[str, Any]
+    finished: dict[int, _metadata.ShardRecord] = field(default_factory=dict)
+    plan: tuple[Plan, int] | None = None  # an earlier run's finished plan, and its entries
+    replaced: list[Path] = field(default_factory=list)  # to remove once the run is sure to start
+
+
+def _begin(paths: _Paths, run: ResolvedRun, ref: JobRef) -> _Begun:
+    """Resume when scratch holds an earlier run of the same command; else start afresh, which
+    needs --fresh when outputs already hold results of this job."""
+    s = run.settings
+    current = identity(
+        ref.digest,
+        run.params.model_dump(mode="json"),
+        run.source,
+        (s.shard_max_files, int(s.shard_max_bytes)),
+        s.test_size if s.test_mode else None,
+    )
     previous = paths.previous_outputs()
-    if previous and not fresh:
+    saved = read_state(paths.root) or {}
+    if not s.fresh and saved.get("identity") == current:
+        return _resume(paths, saved, previous)
+    if previous and not s.fresh:
         raise OutputsNotEmptyError(
-            f"outputs directory {paths.outputs} already holds results of this job "
-            f"({previous[0].name}, {len(previous)} files): pass --fresh to replace them, "
-            "or choose another --outputs"
+            f"outputs directory {show(paths.outputs)} already holds results of this job "
+            f"({previous[0].name}, {len(previous)} files) from {_other_run(saved, current)}: "
+            "pass --fresh to replace them, or choose another --outputs"
         )
-    return previous
-
-
-def _reset_scratch(paths: _Paths) -> None:
     shutil.rmtree(paths.root, ignore_errors=True)
     for d in (paths.shards, paths.results):
         d.mkdir(parents=True, exist_ok=True)
+    state = {"identity": current}
+    write_state(paths.root, state)
+    return _Begun(state, replaced=previous)
 
 
-def _replace_previous(paths: _Paths, previous: list[Path]) -> None:
-    """Remove what an earlier run published (``--fresh``), once this run is sure to start."""
-    for p in previous:
-        p.chmod(0o644)
-        p.unlink()
-    paths.outputs.mkdir(parents=True, exist_ok=True)
+def _other_run(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    if "identity" not in saved:
+        return "a run this scratch directory has no record of"
+    return f"a run with other settings ({', '.join(changed(saved['identity'], current))})"
+
+
+def _resume(paths: _Paths, saved: dict[str, Any], previous: list[Path]) -> _Begun:
+    reused = reuse(paths.results, paths.shards, paths.outputs, previous)
+    listed = saved.get("listed")
+    plan = None
+    if listed is not None:
+        totals = Plan(paths.plan, listed["shards"], listed["files"], listed["bytes"])
+        plan = (totals, int(listed["entries"]))
+    log.info(
+        "resuming an earlier run of this command: %d shard(s) already published and verified%s",
+        len(reused.finished),
+        f", {reused.discarded} discarded" if reused.discarded else "",
+    )
+    return _Begun(saved, reused.finished, plan)
 
 
 def _worker_check(run: ResolvedRun, paths: _Paths, mount: MountReport) -> WorkerCheck:
@@ -251,7 +299,7 @@ def _worker_check(run: ResolvedRun, paths: _Paths, mount: MountReport) -> Worker
     return WorkerCheck(str(run.source), view, str(token_path), token, run.settings.mount_timeout)
 
 
-def _plan(job: Job, run: ResolvedRun, paths: _Paths) -> tuple[Plan, int]:
+def _plan(job: Job, run: ResolvedRun, paths: _Paths, state: dict[str, Any]) -> tuple[Plan, int]:
     patterns = Patterns(job.include, job.exclude)
     with SourceWatch(run.source, run.settings.mount_timeout, "the listing") as watch:
         stats = watch.run(lambda: write_listing(run.source, patterns, paths.listing, watch.probe))
@@ -271,15 +319,19 @@ def _plan(job: Job, run: ResolvedRun, paths: _Paths) -> tuple[Plan, int]:
             "none selected): check the source and the job's include/exclude patterns, or pass "
             "--allow-empty"
         )
+    totals = {"shards": plan.shards, "files": plan.files, "bytes": plan.bytes}
+    write_state(paths.root, {**state, "listed": {**totals, "entries": stats.entries}})
     return plan, stats.entries
 
 
 def _specs(
-    job: Job, ref: JobRef, run: ResolvedRun, paths: _Paths, check: WorkerCheck
+    job: Job, ref: JobRef, run: ResolvedRun, paths: _Paths, check: WorkerCheck, done: set[int]
 ) -> Iterator[ShardSpec]:
     params_json = run.params.model_dump_json()
     limits = Limits(run.settings.file_timeout, run.settings.mount_timeout)
     for index, entries in iter_shards(paths.plan):
+        if index in done:
+            continue
         yield ShardSpec(
             index,
             ref,

@@ -155,18 +155,20 @@ def test_valohai_style_arguments_parameters_json_and_env(tmp_path: Path) -> None
     assert summary["shards"] == 3  # 12 files, 5 per shard from parameters.json
 
 
-def test_rerun_needs_fresh(tmp_path: Path) -> None:
+def test_rerun_with_other_settings_needs_fresh(tmp_path: Path) -> None:
     from mountproc._samples import make_sample_tree
 
     src = tmp_path / "src"
     make_sample_tree(src, count=12)
     out = tmp_path / "out"
     assert _run(src, out)[0] == 0
-    code, _, stderr = _run(src, out)
+    code, _, stderr = _run(src, out, "--shard-max-files", "5")
     assert code == 2
+    assert "from a run with other settings (shard_max_files)" in stderr
     assert "--fresh" in stderr
     assert "Traceback" not in stderr
-    assert _run(src, out, "--fresh")[0] == 0
+    assert _run(src, out, "--shard-max-files", "5", "--fresh")[0] == 0
+    assert len(list(out.glob("*.tar"))) == 3
 
 
 @pytest.mark.parametrize(

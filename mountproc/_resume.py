@@ -1,0 +1,117 @@
+"""Resume: what a rerun of the same command reuses from an earlier run that did not finish.
+
+A run keeps ``run.json`` in its scratch area: what decides its shards and their bytes (the job
+file's digest, parameters, source, shard bounds, test mode). A shard is finished when its
+completion record exists and its tar in outputs has the recorded sha256; the record is written
+only after the tar is in place, so a crash between the two leaves a tar without a record,
+which a rerun removes and builds again (to the same bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mountproc import __version__
+from mountproc._metadata import ShardRecord, read_records, record_path, write_json
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "run.json"
+HASH_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """What a rerun found: the verified finished shards, and what it had to discard."""
+
+    finished: dict[int, ShardRecord]
+    discarded: int
+
+
+def read_state(root: Path) -> dict[str, Any] | None:
+    """The saved state of the run in ``root``, or None if there is none (or it is unreadable)."""
+    try:
+        data = json.loads((root / STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def write_state(root: Path, state: dict[str, Any]) -> None:
+    """Save the run's state (atomically)."""
+    write_json(root / STATE_NAME, state)
+
+
+def identity(
+    job_digest: str,
+    params: dict[str, Any],
+    source: Path,
+    shard_bounds: tuple[int, int],
+    test_size: int | None,
+) -> dict[str, Any]:
+    """What decides a run's shards and the bytes of its tars: two runs with the same identity
+    produce the same outputs, so one may finish the other's work."""
+    return {
+        "job_digest": job_digest,
+        "params": params,
+        "source": str(source),
+        "shard_max_files": shard_bounds[0],
+        "shard_max_bytes": shard_bounds[1],
+        "test_size": test_size,  # None: not in test mode
+        "mountproc": __version__,
+    }
+
+
+def changed(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The names of the identity fields that differ."""
+    return sorted(k for k in current if saved.get(k) != current[k])
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def reuse(results: Path, shards: Path, outputs: Path, published: list[Path]) -> Reuse:
+    """Verify the finished shards of an earlier run; remove what cannot be trusted or will be
+    written again: results without a record, tars without a verified record, the manifest,
+    summary and metadata, and worker notes of shards in flight when the run stopped."""
+    finished: dict[int, ShardRecord] = {}
+    discarded = 0
+    for record in read_records(results):
+        tar = outputs / record.tar
+        if tar.is_file() and sha256_file(tar) == record.sha256:
+            finished[record.index] = record
+            continue
+        log.warning(
+            "shard %d: its tar %s is missing or altered; building it again", record.index, tar.name
+        )
+        record_path(results, record.index).unlink()
+    for result in results.glob("shard-*.parquet"):
+        if int(result.stem.removeprefix("shard-")) not in finished:
+            result.unlink()
+    keep = {r.tar for r in finished.values()}
+    for path in published:
+        if path.name not in keep:  # an unrecorded tar, or the manifest/summary/metadata
+            path.chmod(0o644)
+            path.unlink()
+            discarded += path.name.endswith(".tar")
+    for note in shards.glob("*.inflight"):  # the run stopped, not a worker: no strike
+        note.unlink()
+    return Reuse(finished, discarded)
+
+
+def remove_published(published: list[Path]) -> None:
+    """Remove files an earlier run published (read-only: made writable first)."""
+    for path in published:
+        path.chmod(0o644)
+        path.unlink()
