@@ -3,11 +3,17 @@ worker process on one file. The run must end, publish every other file, and name
 
 from __future__ import annotations
 
+import hashlib
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import read_manifest, run_cli
+from conftest import RESIZE_JOB, clean_env, read_manifest, run_cli
+from netfs import wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -78,3 +84,65 @@ def test_a_file_that_kills_its_worker_is_failed_and_the_rest_is_published(
     assert "worker process died 2 times while processing this file" in (error or "")
     assert {s for s, _ in statuses.values()} == {"ok"}
     assert len(list((tmp_path / "out").glob("*.tar"))) == 3
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant process of ``pid`` (scanning /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent]
+        found += kids
+        frontier += kids
+    return found
+
+
+def _dask_workers(pid: int) -> list[int]:
+    """The local Dask worker processes of a ``mountproc run`` (spawned by multiprocessing)."""
+    out = []
+    for child in _children(pid):
+        try:
+            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmdline:
+            out.append(child)
+    return out
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_the_tars_are_identical(tmp_path: Path) -> None:
+    from mountproc._samples import make_sample_tree
+
+    src = tmp_path / "src"
+    make_sample_tree(src, count=48)
+    args = ["--source", str(src), "--shard-max-files", "4", "--workers", "2"]
+    clean = run_cli("run", RESIZE_JOB, *args, "--outputs", tmp_path / "clean", cwd=tmp_path)
+    assert clean.returncode == 0, clean.stderr
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "mountproc", "run", str(RESIZE_JOB), *args, "--outputs", str(out)]
+    with (tmp_path / "run.err").open("w") as err:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=clean_env(), stderr=err)
+    try:
+        wait_until(lambda: proc.poll() is not None or any(out.glob("*.tar")), 120, "the first tar")
+        workers = _dask_workers(proc.pid)
+        assert len(workers) == 2, workers
+        os.kill(workers[0], signal.SIGKILL)
+        assert proc.wait(timeout=180) == 0, (tmp_path / "run.err").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert {r["status"] for r in read_manifest(out)} == {"ok"}
+    assert _tars(out) == _tars(tmp_path / "clean")
+
+
+def _tars(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))}
