@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 import threading
@@ -135,7 +136,10 @@ def call_with_timeout(
         left = deadline - time.monotonic()
         if left <= 0:
             raise TimeoutError(f"no answer within {timeout:g} s")
-        thread.join(left if poll is None else min(left, POLL_STEP_S))
+        if poll is not None:
+            thread.join(min(left, POLL_STEP_S))
+        else:
+            thread.join(None if math.isinf(left) else left)
         if poll is not None and thread.is_alive():
             poll()
     if errors:

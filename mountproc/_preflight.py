@@ -257,7 +257,7 @@ def _existing(path: Path) -> tuple[Path, bool]:
 
 def check_writable_dir(path: Path, role: str, timeout: float = DEFAULT_TIMEOUT_S) -> None:
     """Raise MountError unless path is (or could be created as) a writable directory."""
-    target, exists = _existing(path)
+    target, exists = _within(lambda: _existing(path), timeout, role, path)
     problem = _within(lambda: _writable_problem(target), timeout, role, target)
     if exists:
         subject = f"{role} directory {show(path)} is not writable"
@@ -299,7 +299,7 @@ def check_output_dir(
 ) -> DirReport:
     """Raise MountError unless ``path`` is writable and its disk has ``min_free`` bytes free."""
     check_writable_dir(path, role, timeout)
-    target, _ = _existing(path)
+    target, _ = _within(lambda: _existing(path), timeout, role, path)
     free = _within(lambda: shutil.disk_usage(target).free, timeout, role, target)
     if free < min_free:
         raise MountError(
@@ -307,7 +307,7 @@ def check_output_dir(
             f"--min-free-space={human_bytes(min_free)}: free some space, point --{role} at a "
             "bigger disk, or lower --min-free-space"
         )
-    mount = find_mount(target, read_mount_table())
+    mount = _within(lambda: find_mount(target, read_mount_table()), timeout, role, target)
     return DirReport(role, path, mount.mount_point, mount.fstype, free)
 
 

@@ -53,7 +53,7 @@ class SourceWatch:
         """Probe now (a stage saw ENOTCONN, ESTALE...); raise SourceLostError if it is dead."""
         try:
             probe_alive(self.source, self.timeout)
-        except MountNotAliveError as exc:
+        except (MountNotAliveError, OSError) as exc:  # dead, hung, or gone (FileNotFoundError)
             detail = f"; first seen as {cause}" if cause is not None else ""
             self.lost = SourceLostError(f"{exc} (during {self.during}{detail})")
         self.check()

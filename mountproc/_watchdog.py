@@ -161,17 +161,17 @@ class Watchdog:
         limit = watch.limits.file_timeout_s
         try:
             probe_alive(watch.source_root, min(watch.limits.mount_timeout_s, PROBE_S))
-        except MountNotAliveError as exc:
-            # not the file's fault: the rerun's mount check stops the run if it stays dead
-            log.error("%s; restarting this worker", exc)
-        else:
             watch.notes.condemn(
                 watch.pos,
                 f"took longer than --file-timeout={limit:g}s; the worker process was restarted "
                 "to stop it",
             )
             log.error("%s: no result after %g s; restarting this worker", watch.path, limit)
-        os.kill(os.getpid(), signal.SIGKILL)
+        except (MountNotAliveError, OSError) as exc:
+            # dead, hung or gone: not the file's fault; the rerun's mount check stops the run
+            log.error("%s; restarting this worker", exc)
+        finally:  # whatever happened above, the overdue file must be stopped
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 _WATCHDOG: Watchdog | None = None

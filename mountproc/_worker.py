@@ -180,7 +180,7 @@ def _check_source_still_there(spec: ShardSpec, entry: FileEntry) -> None:
             check_worker(spec.check, _worker_name())
         else:
             probe_alive(spec.source_root, spec.limits.mount_timeout_s)
-    except MountprocError as exc:
+    except (MountprocError, OSError) as exc:  # OSError: the source root itself is gone
         raise SourceLostError(f"{exc} (noticed while reading {display_path(entry.path)})") from None
 
 
