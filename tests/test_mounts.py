@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import threading
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,11 +15,19 @@ import pytest
 from mountproc._errors import MountError
 from mountproc._mounts import (
     MountInfo,
+    MountNotAliveError,
+    call_with_timeout,
     classify,
+    errno_text,
     find_mount,
+    find_oserror,
     is_readonly,
+    lookup_unique,
     parse_mountinfo,
+    probe_alive,
     read_mount_table,
+    service,
+    sick_error,
 )
 
 BindMount = Callable[[Path, Path, bool], Path]
@@ -167,3 +179,243 @@ def test_find_mount_no_mount_raises() -> None:
 def test_classify(fstype: str, kind: str) -> None:
     """File-system types map to network, fuse or local."""
     assert classify(fstype) == kind
+
+
+# --- service -----------------------------------------------------------------------------------
+
+
+def _nfs(fstype: str, source: str, *super_options: str) -> MountInfo:
+    """A network mount at /mnt/data with the given source and superblock options."""
+    return MountInfo(9, 1, "/", "/mnt/data", ("ro",), fstype, source, ("ro", *super_options))
+
+
+def test_service_names_efs_by_its_host() -> None:
+    """An NFS mount of an EFS file system's DNS name is aws-efs."""
+    efs = _nfs("nfs4", "fs-123.efs.eu-west-1.amazonaws.com:/", "vers=4.1", "addr=10.0.0.5")
+    assert service(efs) == "aws-efs"
+
+
+def test_service_names_efs_over_the_local_tls_tunnel() -> None:
+    """EFS mounted with tls: NFS from 127.0.0.1 on a port of its own (amazon-efs-utils' stunnel)."""
+    tunnel = _nfs("nfs4", "127.0.0.1:/", "vers=4.1", "port=20059")
+    assert service(tunnel) == "nfs over a local TLS tunnel (aws-efs with tls)"
+    assert service(_nfs("nfs4", "localhost:/", "port=20059")) == service(tunnel)
+
+
+@pytest.mark.parametrize(
+    "mount",
+    [
+        _nfs("nfs", "nas.example.com:/export", "vers=3"),
+        _nfs("nfs4", "127.0.0.1:/", "vers=4.1"),  # local NFS, but no tunnel port
+        _nfs("nfs4", "fs-123.efs.eu-west-1.example.com:/"),
+    ],
+)
+def test_service_is_none_for_plain_nfs(mount: MountInfo) -> None:
+    """An NFS mount that is neither EFS nor tunnelled names no service."""
+    assert service(mount) is None
+
+
+@pytest.mark.parametrize(
+    "mount",
+    [
+        _nfs("fuse.sshfs", "fs-123.efs.eu-west-1.amazonaws.com:/"),
+        _nfs("cifs", "127.0.0.1:/", "port=20059"),
+        _nfs("ext4", "/dev/vda"),
+    ],
+)
+def test_service_is_none_for_other_file_systems(mount: MountInfo) -> None:
+    """Only NFS mounts are named, whatever their source looks like."""
+    assert service(mount) is None
+
+
+# --- errno_text, find_oserror, sick_error ------------------------------------------------------
+
+
+def test_errno_text() -> None:
+    """The errno's symbolic name, then its text; only the text when the errno is unknown."""
+    gone = OSError(errno.ENOTCONN, "Transport endpoint is not connected", "/mnt/x")
+    assert errno_text(gone) == "ENOTCONN: Transport endpoint is not connected"
+    assert errno_text(OSError(errno.EIO, os.strerror(errno.EIO))) == "EIO: Input/output error"
+    assert errno_text(OSError("no errno at all")) == "no errno at all"
+    assert errno_text(OSError(99999, "made up")) == "made up"
+
+
+def _wrapped(inner: BaseException, *, explicit: bool) -> BaseException:
+    """``inner`` under two wrappers, chained by ``raise ... from`` (``__cause__``) or by raising
+    inside ``except`` (``__context__``)."""
+    exc = inner
+    for wrapper in (RuntimeError("reading failed"), ValueError("transform failed")):
+        try:
+            try:
+                raise exc
+            except BaseException as caught:
+                if explicit:
+                    raise wrapper from caught
+                raise wrapper  # noqa: B904
+        except BaseException as raised:
+            exc = raised
+    return exc
+
+
+@pytest.mark.parametrize("explicit", [True, False], ids=["cause", "context"])
+def test_find_oserror_follows_the_chain(explicit: bool) -> None:
+    """The OSError is found under two wrappers, through __cause__ or __context__."""
+    stale = OSError(errno.ESTALE, "Stale file handle")
+    outer = _wrapped(stale, explicit=explicit)
+    assert (outer.__cause__ is not None) is explicit
+    assert find_oserror(outer, (errno.ESTALE,)) is stale
+    assert sick_error(outer) is stale
+    assert find_oserror(outer, (errno.ENOSPC,)) is None
+
+
+def test_find_oserror_takes_the_outermost_match() -> None:
+    """With several matching errors in the chain, the nearest one is returned."""
+    inner = OSError(errno.EIO, "I/O error")
+    outer = OSError(errno.ENOTCONN, "gone")
+    outer.__cause__ = inner
+    assert sick_error(outer) is outer
+    assert find_oserror(outer, (errno.EIO,)) is inner
+
+
+def test_sick_error_is_none_for_healthy_failures() -> None:
+    """A missing file, a full disk, a plain exception or nothing are not a sick mount."""
+    missing = _wrapped(FileNotFoundError(errno.ENOENT, "No such file"), explicit=True)
+    assert sick_error(missing) is None
+    assert find_oserror(missing, (errno.ENOENT,)) is not None
+    assert sick_error(OSError(errno.ENOSPC, "No space left on device")) is None
+    assert sick_error(ValueError("bad pixel")) is None
+    assert sick_error(None) is None
+
+
+def test_find_oserror_stops_on_a_cycle() -> None:
+    """A chain that loops back on itself ends the search instead of hanging."""
+    first, second = ValueError("a"), ValueError("b")
+    first.__context__, second.__context__ = second, first
+    assert sick_error(first) is None
+
+
+# --- call_with_timeout -------------------------------------------------------------------------
+
+
+def test_call_with_timeout_returns_the_value() -> None:
+    """A function that returns in time gives its value."""
+    assert call_with_timeout(lambda: 42, 5.0) == 42
+
+
+def test_call_with_timeout_reraises_the_error() -> None:
+    """A function that raises in time raises that very exception in the caller."""
+    error = OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    def fail() -> None:
+        raise error
+
+    with pytest.raises(OSError, match="not connected") as info:
+        call_with_timeout(fail, 5.0)
+    assert info.value is error
+
+
+def test_call_with_timeout_abandons_a_blocked_call() -> None:
+    """A blocked function raises TimeoutError after about the timeout; its thread is left."""
+    release = threading.Event()
+    name = f"blocked-{uuid.uuid4().hex}"
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError, match=r"no answer within 0\.3 s"):
+            call_with_timeout(release.wait, 0.3, name=name)
+        elapsed = time.monotonic() - started
+        assert 0.3 <= elapsed < 1.0
+        assert name in {t.name for t in threading.enumerate()}  # abandoned, not stopped
+    finally:
+        release.set()
+
+
+def test_call_with_timeout_polls_while_waiting() -> None:
+    """``poll`` runs while the function is blocked; what it raises ends the wait at once."""
+    release = threading.Event()
+    calls: list[float] = []
+
+    def poll() -> None:
+        calls.append(time.monotonic())
+        if len(calls) == 3:
+            raise RuntimeError("source lost")
+
+    started = time.monotonic()
+    try:
+        with pytest.raises(RuntimeError, match="source lost"):
+            call_with_timeout(release.wait, 30.0, poll=poll)
+    finally:
+        release.set()
+    assert len(calls) == 3
+    assert time.monotonic() - started < 2.0
+
+
+def test_call_with_timeout_returns_once_poll_lets_the_call_finish() -> None:
+    """A poll that does not raise leaves the call to return its value."""
+    release = threading.Event()
+    calls: list[int] = []
+
+    def poll() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            release.set()
+
+    assert call_with_timeout(lambda: release.wait(10) and "done", 10.0, poll=poll) == "done"
+    assert len(calls) == 2
+
+
+# --- probe_alive and lookup_unique -------------------------------------------------------------
+
+
+def test_probe_alive_passes_on_a_live_directory(tmp_path: Path) -> None:
+    """A local directory answers at once; the probe leaves nothing behind."""
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    probe_alive(tmp_path, 5.0)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.jpg"]
+
+
+def test_probe_alive_on_a_missing_directory_raises_file_not_found(tmp_path: Path) -> None:
+    """A missing path is not a sick mount: the FileNotFoundError itself reaches the caller."""
+    missing = tmp_path / "gone"
+    with pytest.raises(FileNotFoundError) as info:
+        probe_alive(missing, 5.0)
+    assert not isinstance(info.value, MountNotAliveError)
+    assert info.value.filename == str(missing)
+
+
+def test_probe_alive_names_a_sick_errno(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lookup answered with ENOTCONN is a dead mount, named with its role and errno (the
+    error is injected: a dead FUSE daemon is covered by the sshfs tests)."""
+
+    def dead(path: object) -> None:
+        raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
+
+    monkeypatch.setattr("mountproc._mounts.lookup_unique", dead)
+    with pytest.raises(MountNotAliveError, match="ENOTCONN") as info:
+        probe_alive(tmp_path, 5.0, role="scratch")
+    assert str(info.value).startswith(f"scratch {tmp_path} is not answering")
+
+
+def test_probe_alive_times_out_on_a_hung_lookup(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lookup that never answers is a hung mount after the timeout (the hang is injected)."""
+    release = threading.Event()
+    monkeypatch.setattr("mountproc._mounts.lookup_unique", lambda path: release.wait())
+    started = time.monotonic()
+    try:
+        with pytest.raises(MountNotAliveError, match=r"no answer within 0\.2 s"):
+            probe_alive(tmp_path, 0.2)
+    finally:
+        release.set()
+    assert time.monotonic() - started < 1.5
+
+
+def test_lookup_unique(tmp_path: Path) -> None:
+    """A name that cannot exist is looked up without creating anything; under a file it fails."""
+    lookup_unique(tmp_path)
+    lookup_unique(tmp_path / "missing")  # ENOENT is the healthy answer, for the parent too
+    assert list(tmp_path.iterdir()) == []
+    file = tmp_path / "f"
+    file.write_text("x")
+    with pytest.raises(NotADirectoryError):
+        lookup_unique(file)

@@ -5,14 +5,25 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mountproc._errors import MountError
+from mountproc._errors import MountError, ScratchNotSharedError, WorkerMountError
 from mountproc._mounts import MountInfo
-from mountproc._preflight import check_source, check_writable_dir
+from mountproc._preflight import (
+    DirReport,
+    check_output_dir,
+    check_source,
+    check_worker,
+    check_writable_dir,
+    human_bytes,
+)
+from mountproc._records import WorkerCheck
 
 BindMount = Callable[..., Path]
 
@@ -187,3 +198,130 @@ def test_writable_dir_on_readonly_mount_fails(tmp_path: Path, bind_mount: BindMo
     with pytest.raises(MountError, match=r"scratch directory .* cannot be created"):
         check_writable_dir(dst / "new", "scratch")
     assert not (dst / "new").exists()
+
+
+# --- allow_empty, free space, human_bytes ------------------------------------------------------
+
+
+def test_check_source_empty_needs_allow_empty(tmp_path: Path) -> None:
+    """An empty source is an error naming --allow-empty, unless empty sources are allowed."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    table = _table_with(empty, "nfs4", "ro")
+    with pytest.raises(MountError, match="is empty") as info:
+        check_source(empty, strict=True, allow_writable=False, allow_empty=False, mounts=table)
+    assert "--allow-empty" in str(info.value)
+    report, warnings = check_source(empty, strict=True, allow_writable=False, mounts=table)
+    assert (report.readonly, warnings) == (True, [])
+    (empty / "a.jpg").write_bytes(b"x")
+    check_source(empty, strict=True, allow_writable=False, allow_empty=False, mounts=table)
+
+
+def test_check_output_dir_reports_its_disk(tmp_path: Path) -> None:
+    """A writable directory gives its mount, file-system type and free space."""
+    report = check_output_dir(tmp_path / "outputs", "outputs", min_free=1)
+    assert isinstance(report, DirReport)
+    assert (report.role, report.path) == ("outputs", tmp_path / "outputs")
+    assert report.free_bytes > 0
+    assert report.fstype
+    assert os.path.realpath(tmp_path).startswith(report.mount_point)
+    assert report.as_dict()["free"] == human_bytes(report.free_bytes)
+
+
+def test_check_output_dir_needs_min_free_space(tmp_path: Path) -> None:
+    """Less free space than --min-free-space is an error naming the option and the role."""
+    with pytest.raises(MountError, match=r"--min-free-space=1048576\.0 TiB") as info:
+        check_output_dir(tmp_path, "scratch", min_free=1 << 60)
+    assert str(info.value).startswith(f"scratch directory {tmp_path} has ")
+    assert "--scratch" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("n", "text"),
+    [
+        (0, "0 B"),
+        (7, "7 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (300 * 1024**2, "300.0 MiB"),
+        (3 * 1024**3 // 2, "1.5 GiB"),
+        (1 << 40, "1.0 TiB"),
+        (1 << 60, "1048576.0 TiB"),
+    ],
+)
+def test_human_bytes(n: int, text: str) -> None:
+    """Binary units, one decimal; bytes without one; nothing beyond TiB."""
+    assert human_bytes(n) == text
+
+
+# --- check_worker ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def worker_check(tmp_path: Path) -> WorkerCheck:
+    """A check as the driver builds it: the view of a real source directory, a real token."""
+    src = _source_tree(tmp_path)
+    token_path = tmp_path / "scratch" / ".mountproc-token"
+    token_path.parent.mkdir()
+    token_path.write_text("token-1")
+    report, _ = check_source(src, strict=False, allow_writable=True)
+    return WorkerCheck(str(src), report.view(), str(token_path), "token-1", 5.0)
+
+
+def test_check_worker_passes_when_all_agree(worker_check: WorkerCheck) -> None:
+    """The same source and a readable token: nothing to say."""
+    check_worker(worker_check, "w1 (pid 1)")
+
+
+def test_check_worker_token_of_another_run(worker_check: WorkerCheck) -> None:
+    """A token file holding another token means another scratch directory."""
+    Path(worker_check.token_path).write_text("token-2")
+    with pytest.raises(ScratchNotSharedError, match=r"not shared with worker w1 \(pid 1\)"):
+        check_worker(worker_check, "w1 (pid 1)")
+
+
+def test_check_worker_token_missing(worker_check: WorkerCheck) -> None:
+    """No token file: the worker does not see the driver's scratch."""
+    Path(worker_check.token_path).unlink()
+    with pytest.raises(ScratchNotSharedError, match="--scratch on a file system shared"):
+        check_worker(worker_check, "w1")
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"readonly": True}, "it is mounted read-write there"),
+        ({"fstype": "nfs4", "source": "srv:/export"}, "mount the same export"),
+        ({"on_mount": True}, "it is not a mount there"),
+        ({"mount_point": "/mnt/elsewhere"}, "it is mounted at "),
+    ],
+)
+def test_check_worker_names_a_different_view(
+    worker_check: WorkerCheck, change: dict[str, Any], problem: str
+) -> None:
+    """The driver saw the source otherwise than this worker does: the worker and the
+    difference are named."""
+    check = replace(worker_check, view=replace(worker_check.view, **change))
+    with pytest.raises(WorkerMountError) as info:
+        check_worker(check, "w7 (pid 42)")
+    message = str(info.value)
+    assert message.startswith(f"worker w7 (pid 42) sees the source {worker_check.source}")
+    assert problem in message
+    assert "\n" not in message
+
+
+def test_check_worker_names_both_exports(worker_check: WorkerCheck) -> None:
+    """A different export is named as seen there and here."""
+    view = worker_check.view
+    check = replace(worker_check, view=replace(view, fstype="nfs4", source="srv:/export"))
+    with pytest.raises(WorkerMountError) as info:
+        check_worker(check, "w1")
+    assert f"it is {view.fstype} {view.source} there but nfs4 srv:/export here" in str(info.value)
+
+
+def test_check_worker_source_missing_there(worker_check: WorkerCheck) -> None:
+    """A worker without the source directory fails the check, naming itself."""
+    shutil.rmtree(worker_check.source)
+    with pytest.raises(WorkerMountError, match=r"^worker w1: source .* does not exist"):
+        check_worker(worker_check, "w1")

@@ -7,17 +7,20 @@ import json
 import os
 import tarfile
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from mountproc import _worker
-from mountproc._errors import JobSetupError
+from mountproc._errors import DiskFullError, JobSetupError, ScratchNotSharedError
 from mountproc._job import load_job, read_job_file
 from mountproc._metadata import write_results
 from mountproc._packaging import member_key
-from mountproc._records import FileEntry, JobRef, ShardResult, ShardSpec, Status
+from mountproc._preflight import check_source
+from mountproc._records import FileEntry, JobRef, ShardResult, ShardSpec, Status, WorkerCheck
+from mountproc._watchdog import ShardNotes
 from mountproc._worker import MAX_ERROR_CHARS, run_shard
 
 JOB_TEXT = '''
@@ -390,3 +393,159 @@ def test_job_without_setup_and_params(tmp_path: Path) -> None:
     result = run_shard(spec)
     assert {r.status for r in result.results} == {Status.SKIPPED}
     assert tar_members(result.tar_path) == []
+
+
+# --- sick mounts, full disks, condemned files --------------------------------------------------
+
+JOB_SICK = '''
+"""A test job whose files fail the way a sick mount or a full disk makes them fail."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from mountproc import Context, Job, SourceFile
+
+
+class Params(BaseModel):
+    calls_dir: str
+
+
+job = Job(name="sick-text", params=Params)
+
+
+@job.transform
+def transform(src: SourceFile, ctx: Context[Params]) -> Any:
+    calls = Path(ctx.params.calls_dir) / src.relpath
+    n = int(calls.read_text()) + 1 if calls.exists() else 1
+    calls.write_text(str(n))
+    if src.relpath == "stale.txt" and n <= 2:
+        raise OSError(errno.ESTALE, "Stale file handle", str(src.path))
+    if src.relpath == "eio.txt":
+        raise OSError(errno.EIO, "I/O error")
+    if src.relpath == "full.txt":
+        (ctx.tmp_dir / "big.bin").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return {"txt": src.read_bytes().upper()}
+'''
+
+
+@pytest.fixture(scope="module")
+def sick_ref(tmp_path_factory: pytest.TempPathFactory) -> JobRef:
+    path = tmp_path_factory.mktemp("job") / "sick_job.py"
+    path.write_text(JOB_SICK)
+    return read_job_file(path)
+
+
+def sick_spec(
+    ref: JobRef, tmp_path: Path, files: dict[str, bytes], check: WorkerCheck | None = None
+) -> ShardSpec:
+    """A shard of ``files`` (written under tmp_path/src); calls are counted in tmp_path/calls."""
+    entries = make_tree(tmp_path / "src", files)
+    calls = tmp_path / "calls"
+    calls.mkdir(exist_ok=True)
+    params_json = json.dumps({"calls_dir": str(calls)})
+    return ShardSpec(
+        2,
+        ref,
+        params_json,
+        str(tmp_path / "src"),
+        str(tmp_path / "work"),
+        "sick-000002.tar",
+        tuple(entries),
+        check,
+    )
+
+
+def calls(tmp_path: Path) -> dict[str, int]:
+    """How many times the transform ran on each file."""
+    return {p.name: int(p.read_text()) for p in (tmp_path / "calls").iterdir()}
+
+
+def test_stale_handle_is_retried_until_it_reads(sick_ref: JobRef, tmp_path: Path) -> None:
+    """ESTALE twice, then a good read: the file is OK after the third attempt."""
+    spec = sick_spec(sick_ref, tmp_path, {"a.txt": b"a", "stale.txt": b"s"})
+    result = run_shard(spec)
+    assert [(r.status, r.error) for r in result.results] == [(Status.OK, None)] * 2
+    assert calls(tmp_path) == {"a.txt": 1, "stale.txt": 3}
+    assert dict(tar_members(result.tar_path))["stale%2Etxt.txt"] == b"S"
+
+
+def test_eio_on_a_live_source_fails_the_file_after_the_retries(
+    sick_ref: JobRef, tmp_path: Path
+) -> None:
+    """EIO on every attempt while the source answers probes: that file fails, the rest go on."""
+    spec = sick_spec(sick_ref, tmp_path, {"a.txt": b"a", "eio.txt": b"e", "z.txt": b"z"})
+    result = run_shard(spec)
+    got = by_path(result)
+    assert got["eio.txt"].status is Status.FAILED
+    assert got["eio.txt"].error == (
+        "OSError: [Errno 5] I/O error (still EIO: I/O error after 3 attempts)"
+    )
+    assert (got["a.txt"].status, got["z.txt"].status) == (Status.OK, Status.OK)
+    assert calls(tmp_path) == {"a.txt": 1, "eio.txt": _worker.READ_ATTEMPTS, "z.txt": 1}
+    assert _worker.READ_ATTEMPTS == 3
+
+
+def test_disk_full_ends_the_shard_without_a_partial_tar(sick_ref: JobRef, tmp_path: Path) -> None:
+    """ENOSPC from a transform is DiskFullError; the partial tar and tmp dir are removed."""
+    spec = sick_spec(sick_ref, tmp_path, {"a.txt": b"a", "full.txt": b"f", "z.txt": b"z"})
+    with pytest.raises(DiskFullError, match=r"scratch directory .* is full \(ENOSPC: No space"):
+        run_shard(spec)
+    assert calls(tmp_path) == {"a.txt": 1, "full.txt": 1}  # not retried, and the shard stopped
+    assert list(Path(spec.work_dir).iterdir()) == []  # no .partial tar, no tmp dir, no notes
+
+
+def _worker_check(tmp_path: Path, token: str) -> WorkerCheck:
+    """A check built as the driver does, over tmp_path/src, with a token file holding 'right'."""
+    token_path = tmp_path / "work" / ".mountproc-token"
+    token_path.parent.mkdir(parents=True, exist_ok=True)
+    token_path.write_text("right")
+    report, _ = check_source(tmp_path / "src", strict=False, allow_writable=True)
+    return WorkerCheck(str(tmp_path / "src"), report.view(), str(token_path), token, 5.0)
+
+
+def test_wrong_token_fails_before_any_transform(sick_ref: JobRef, tmp_path: Path) -> None:
+    """A worker that does not see the driver's scratch stops before its first file."""
+    make_tree(tmp_path / "src", {"a.txt": b"a"})
+    check = _worker_check(tmp_path, f"wrong-{uuid.uuid4().hex}")
+    spec = sick_spec(sick_ref, tmp_path, {"a.txt": b"a"}, check)
+    with pytest.raises(ScratchNotSharedError, match="is not shared with worker"):
+        run_shard(spec)
+    assert calls(tmp_path) == {}
+    assert not (Path(spec.work_dir) / spec.tar_name).exists()
+
+
+def test_worker_is_checked_once_per_run(sick_ref: JobRef, tmp_path: Path) -> None:
+    """A worker that passed the check for a run does not check again for its next shard."""
+    make_tree(tmp_path / "src", {"a.txt": b"a"})
+    token = f"right-{uuid.uuid4().hex}"
+    check = _worker_check(tmp_path, token)
+    Path(check.token_path).write_text(token)
+    spec = sick_spec(sick_ref, tmp_path, {"a.txt": b"a"}, check)
+    assert run_shard(spec).files_ok == 1
+    Path(check.token_path).unlink()  # a second check would now fail
+    Path(spec.work_dir, spec.tar_name).unlink()
+    assert run_shard(spec).files_ok == 1
+    assert calls(tmp_path) == {"a.txt": 2}
+
+
+def test_condemned_files_fail_without_running(sick_ref: JobRef, tmp_path: Path) -> None:
+    """Files condemned by earlier attempts fail with their reason; the transform skips them."""
+    spec = sick_spec(sick_ref, tmp_path, {"a.txt": b"a", "slow.txt": b"s", "z.txt": b"z"})
+    Path(spec.work_dir).mkdir()
+    reason = "took longer than --file-timeout=1s; the worker process was restarted to stop it"
+    ShardNotes(Path(spec.work_dir), spec.index).condemn(1, reason)
+    result = run_shard(spec)
+    assert [(r.path, r.status, r.error) for r in result.results] == [
+        ("a.txt", Status.OK, None),
+        ("slow.txt", Status.FAILED, reason),
+        ("z.txt", Status.OK, None),
+    ]
+    assert calls(tmp_path) == {"a.txt": 1, "z.txt": 1}
+    assert [n for n, _ in tar_members(result.tar_path)] == ["a%2Etxt.txt", "z%2Etxt.txt"]
+    assert sorted(p.name for p in Path(spec.work_dir).iterdir()) == [spec.tar_name]  # notes gone
