@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -62,6 +63,13 @@ def read_metadata(outputs: Path) -> list[dict[str, Any]]:
     """The lines of valohai.metadata.jsonl."""
     text = (outputs / "valohai.metadata.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines()]
+
+
+def tar_digests(outputs: Path) -> dict[str, str]:
+    """The sha256 of every published tar, by tar name."""
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(outputs.glob("*.tar"))
+    }
 
 
 def tar_members(outputs: Path) -> dict[str, list[str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -15,22 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RESIZE_JOB, clean_env, run_cli
+from conftest import RESIZE_JOB, clean_env, run_cli, tar_digests
+from netfs import wait_until
 
 from mountproc._samples import make_sample_tree
 
 pytestmark = pytest.mark.cluster
 
 DASK = [sys.executable, "-m", "dask"]  # the `dask` command of this interpreter
-
-
-def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def _start(cmd: list[str], cwd: Path) -> subprocess.Popen[bytes]:
@@ -55,7 +46,7 @@ def _start_scheduler(cwd: Path, procs: list[subprocess.Popen[bytes]]) -> str:
     sched_file = cwd / "scheduler.json"
     cmd = [*DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
     procs.append(_start([*cmd, "--scheduler-file", str(sched_file)], cwd))
-    _wait_for(
+    wait_until(
         lambda: sched_file.exists() and "address" in sched_file.read_text(),
         30,
         "the scheduler address",
@@ -91,10 +82,6 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
         _stop(procs)
 
 
-def _tars(out: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))}
-
-
 def test_existing_scheduler_gives_the_same_tars_as_a_local_cluster(
     tmp_path: Path, dask_cluster: str
 ) -> None:
@@ -108,8 +95,8 @@ def test_existing_scheduler_gives_the_same_tars_as_a_local_cluster(
     )
     assert proc.returncode == 0, proc.stderr
     assert f"connected to the Dask scheduler at {dask_cluster}" in proc.stderr
-    assert len(_tars(local)) == 4
-    assert _tars(local) == _tars(remote)
+    assert len(tar_digests(local)) == 4
+    assert tar_digests(local) == tar_digests(remote)
 
 
 def test_unreachable_scheduler_is_one_clear_line(tmp_path: Path) -> None:

@@ -3,7 +3,6 @@ worker process on one file. The run must end, publish every other file, and name
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RESIZE_JOB, clean_env, read_manifest, run_cli
+from conftest import RESIZE_JOB, clean_env, read_manifest, run_cli, tar_digests
 from netfs import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -141,8 +140,4 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_tars_are_identical(tmp_path
             proc.kill()
             proc.wait()
     assert {r["status"] for r in read_manifest(out)} == {"ok"}
-    assert _tars(out) == _tars(tmp_path / "clean")
-
-
-def _tars(out: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))}
+    assert tar_digests(out) == tar_digests(tmp_path / "clean")

@@ -3,7 +3,6 @@ are built again, and the outputs end byte-identical to a clean run's, each file 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -12,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RESIZE_JOB, clean_env, read_manifest, read_metadata, run_cli
+from conftest import RESIZE_JOB, clean_env, read_manifest, read_metadata, run_cli, tar_digests
 from netfs import wait_until
 
 from mountproc._samples import make_sample_tree
@@ -24,10 +23,6 @@ ARGS = ("--shard-max-files", "4", "--workers", "1")
 
 def _args(src: Path, out: Path) -> list[str | Path]:
     return ["run", RESIZE_JOB, "--source", src, "--outputs", out, *ARGS]
-
-
-def _tars(out: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.tar"))}
 
 
 def _summary(out: Path) -> dict[str, object]:
@@ -42,12 +37,12 @@ def clean(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     make_sample_tree(src, count=24)
     proc = run_cli(*_args(src, tmp_path / "clean"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    return src, _tars(tmp_path / "clean")
+    return src, tar_digests(tmp_path / "clean")
 
 
 def _assert_complete(out: Path, expected: dict[str, str]) -> None:
     """Outputs equal a clean run's; the metadata lists every tar once with its sha256."""
-    assert _tars(out) == expected
+    assert tar_digests(out) == expected
     tars = [m for m in read_metadata(out) if m["file"].endswith(".tar")]
     assert sorted(m["file"] for m in tars) == sorted(expected)
     assert {m["file"]: m["metadata"]["sha256"] for m in tars} == expected

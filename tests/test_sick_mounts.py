@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RESIZE_JOB, clean_env, read_metadata, run_cli
+from conftest import RESIZE_JOB, clean_env, read_metadata, run_cli, tar_digests
 from netfs import SshfsMount, sshfs_available, wait_until
 
 from mountproc._samples import make_sample_tree
@@ -43,10 +43,6 @@ def _sshfs(tmp_path: Path, export: Path, *options: str, readonly: bool = True) -
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _tars(out: Path) -> dict[str, str]:
-    return {p.name: _sha256(p) for p in sorted(out.glob("*.tar"))}
 
 
 def _assert_nothing_partial(out: Path) -> None:
@@ -118,8 +114,8 @@ def test_a_run_over_sshfs_gives_the_same_tars_as_over_the_local_directory(
         cwd=tmp_path,
     )
     assert local.returncode == 0, local.stderr
-    assert len(_tars(tmp_path / "net")) == 3
-    assert _tars(tmp_path / "net") == _tars(tmp_path / "local")
+    assert len(tar_digests(tmp_path / "net")) == 3
+    assert tar_digests(tmp_path / "net") == tar_digests(tmp_path / "local")
 
 
 def _start_run(tmp_path: Path, source: Path, *extra: str) -> subprocess.Popen[bytes]:
