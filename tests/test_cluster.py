@@ -99,6 +99,22 @@ def test_existing_scheduler_gives_the_same_tars_as_a_local_cluster(
     assert tar_digests(local) == tar_digests(remote)
 
 
+def test_check_with_a_scheduler_checks_every_worker(tmp_path: Path, dask_cluster: str) -> None:
+    """`mountproc check --scheduler` runs the worker checks and writes nothing to outputs."""
+    src = tmp_path / "src"
+    make_sample_tree(src, count=12)
+    _wait_for_workers(dask_cluster, 2)
+    out = tmp_path / "out"
+    proc = run_cli(
+        "check", RESIZE_JOB, "--source", src, "--outputs", out, "--scheduler", dask_cluster,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"workers: 2 checked at {dask_cluster}, all alike" in proc.stdout
+    assert not out.exists()
+    assert not list(tmp_path.glob(".mountproc-scratch-out/*/.mountproc-token"))
+
+
 def test_unreachable_scheduler_is_one_clear_line(tmp_path: Path) -> None:
     src = tmp_path / "src"
     make_sample_tree(src, count=12)
