@@ -25,6 +25,7 @@ RESULTS_SCHEMA = pa.schema(
         ("status", pa.string()),
         ("error", pa.string()),
         ("members", pa.list_(pa.string())),
+        ("changed", pa.bool_()),
     ]
 )
 MANIFEST_SCHEMA = pa.schema(
@@ -34,6 +35,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("status", pa.string()),
         pa.field("error", pa.string()),
         pa.field("members", pa.list_(pa.string())),
+        pa.field("changed", pa.bool_()),
     ]
 )
 
@@ -91,6 +93,7 @@ def write_results(path: Path, results: Sequence[FileResult]) -> None:
             "status": [r.status.value for r in results],
             "error": [_utf8(r.error) for r in results],
             "members": [list(r.members) for r in results],
+            "changed": [r.changed for r in results],
         },
         schema=RESULTS_SCHEMA,
     )
@@ -149,8 +152,8 @@ def write_manifest(plan: Path, results_dir: Path, tar_names: Mapping[int, str], 
                 )
             ]
             cols.pop("skip_reason")
-            cols["status"], cols["error"], cols["members"] = (
-                (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [])
+            cols["status"], cols["error"], cols["members"], cols["changed"] = (
+                (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [], [])
             )
             cols["tar"] = [  # only where the file's outputs are: ok rows of a published shard
                 tar_names.get(shard) if status == Status.OK.value and shard is not None else None
@@ -166,14 +169,14 @@ class _ShardResults:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.shard: int | None = None
-        self.rows: Iterator[tuple[bytes, str, str | None, list[str]]] = iter(())
+        self.rows: Iterator[tuple[bytes, str, str | None, list[str], bool]] = iter(())
         self.found = False  # whether the current shard has a results file
 
     def resolve(
         self, raw: bytes, shard: int | None, reason: str | None
-    ) -> tuple[str, str | None, list[str]]:
+    ) -> tuple[str, str | None, list[str], bool]:
         if shard is None:
-            return Status.SKIPPED.value, reason, []
+            return Status.SKIPPED.value, reason, [], False
         if shard != self.shard:
             self.finish()
             self.shard, self.found, self.rows = shard, *self._load(shard)
@@ -181,22 +184,31 @@ class _ShardResults:
         if row is None:
             if self.found:
                 raise RuntimeError(f"shard {shard} results have fewer rows than the plan")
-            return Status.FAILED.value, NOT_PROCESSED, []
+            return Status.FAILED.value, NOT_PROCESSED, [], False
         if row[0] != raw:
             raise RuntimeError(f"shard {shard} results do not match the plan at {raw!r}")
-        return row[1], row[2], row[3]
+        return row[1], row[2], row[3], row[4]
 
     def finish(self) -> None:
         """Raise if the current shard's results file has rows the plan does not."""
         if self.found and next(self.rows, None) is not None:
             raise RuntimeError(f"shard {self.shard} results have more rows than the plan")
 
-    def _load(self, shard: int) -> tuple[bool, Iterator[tuple[bytes, str, str | None, list[str]]]]:
+    def _load(
+        self, shard: int
+    ) -> tuple[bool, Iterator[tuple[bytes, str, str | None, list[str], bool]]]:
         path = results_path(self.directory, shard)
         if not path.exists():
             return False, iter(())
         cols = pq.read_table(path).to_pydict()
-        rows = zip(cols["path_raw"], cols["status"], cols["error"], cols["members"], strict=True)
+        rows = zip(
+            cols["path_raw"],
+            cols["status"],
+            cols["error"],
+            cols["members"],
+            cols["changed"],
+            strict=True,
+        )
         return True, rows
 
 

@@ -100,6 +100,7 @@ class FileResult:
     status: Status
     error: str | None = None
     members: tuple[str, ...] = ()
+    changed: bool = False  # size or mtime differ from the listing's: the file changed meanwhile
 
 
 @dataclass(frozen=True)

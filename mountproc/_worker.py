@@ -145,7 +145,17 @@ def _process(
     members = tuple(f"{key}.{suffix}" for suffix, _ in outputs)
     for name, (_, data) in zip(members, outputs, strict=True):
         tar.add(name, data)
-    return FileResult(entry.path, Status.OK, None, members)
+    return FileResult(entry.path, Status.OK, None, members, _changed(src))
+
+
+def _changed(src: SourceFile) -> bool:
+    """Whether the file's size or mtime now differ from the listing's (it changed after the
+    crawl, perhaps while it was read): the manifest flags it."""
+    try:
+        st = os.stat(src.path)
+    except OSError:
+        return True
+    return (st.st_size, st.st_mtime_ns) != (src.size, src.mtime_ns)
 
 
 def _with_retries(fn: Callable[[], Any]) -> Any:

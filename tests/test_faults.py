@@ -141,3 +141,29 @@ def test_a_worker_killed_mid_run_is_replaced_and_the_tars_are_identical(tmp_path
             proc.wait()
     assert {r["status"] for r in read_manifest(out)} == {"ok"}
     assert tar_digests(out) == tar_digests(tmp_path / "clean")
+
+
+def test_files_that_change_or_vanish_after_the_listing_are_flagged(tmp_path: Path) -> None:
+    """Another writer on the share: 03.txt grows while it is read, 07.txt is deleted before its
+    turn. The first is ok but flagged as changed; the second fails as vanished."""
+    job = tmp_path / "writer.py"
+    job.write_text(
+        "import os\n"
+        "from mountproc import Job\n"
+        "job = Job(name='faulty')\n"
+        "@job.transform\n"
+        "def copy(src, ctx):\n"
+        "    data = src.read_bytes()\n"
+        "    if src.relpath == '03.txt':\n"
+        "        with open(src.path, 'ab') as f:\n"
+        "            f.write(b'appended by another writer')\n"
+        "        os.remove(src.path.with_name('07.txt'))\n"
+        "    return {'txt': data}\n"
+    )
+    code, stderr, _ = _run(tmp_path, job, "--shard-max-files", "20")
+    assert code == 0, stderr
+    rows = {r["path"]: r for r in read_manifest(tmp_path / "out", "faulty")}
+    assert (rows["03.txt"]["status"], rows["03.txt"]["changed"]) == ("ok", True)
+    assert rows["07.txt"]["status"] == "failed"
+    assert "FileNotFoundError" in rows["07.txt"]["error"]
+    assert [p for p, r in rows.items() if r["changed"]] == ["03.txt"]

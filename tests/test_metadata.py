@@ -194,7 +194,7 @@ def test_results_with_too_many_rows_raise(plan: Path, tmp_path: Path, shard: int
 def test_write_results_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "r.parquet"
     results = [
-        FileResult("a", Status.OK, None, ("a.jpg", "a.json")),
+        FileResult("a", Status.OK, None, ("a.jpg", "a.json"), changed=True),
         FileResult(os.fsdecode(b"\xff"), Status.FAILED, "OSError: \udcff"),
         FileResult("c", Status.SKIPPED, "declined"),
     ]
@@ -205,6 +205,7 @@ def test_write_results_round_trip(tmp_path: Path) -> None:
         "status": ["ok", "failed", "skipped"],
         "error": [None, "OSError: \\udcff", "declined"],
         "members": [["a.jpg", "a.json"], [], []],
+        "changed": [True, False, False],
     }
 
 
