@@ -83,3 +83,9 @@ def test_signal_mid_run_stops_cleanly(tmp_path: Path, sig: signal.Signals, code:
     published = {r["tar"] for r in rows if r["status"] == "ok"}
     assert published == set(tars)
     assert {r["status"] for r in rows if r["tar"] is None} == {"failed"}
+    # the same command again resumes: only the unfinished shards run, and all 20 tars are there
+    rerun = subprocess.run(cmd, cwd=tmp_path, env=clean_env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(tars)} shard(s) already published and verified" in rerun.stderr
+    assert len(list(out.glob("slow-*.tar"))) == 20
+    assert {r["status"] for r in read_manifest(out, "slow")} == {"ok"}

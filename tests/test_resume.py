@@ -106,3 +106,46 @@ def test_killing_the_driver_mid_run_then_rerunning_completes_identically(
     assert rerun.returncode == 0, rerun.stderr
     assert "already published and verified" in rerun.stderr
     _assert_complete(out, expected)
+
+
+LISTING_JOB = """
+from mountproc import Job
+job = Job(name='copy')
+
+@job.transform
+def copy(src, ctx):
+    return {'txt': src.read_bytes()}
+"""
+
+
+@pytest.mark.slow
+def test_killing_the_driver_during_the_listing_then_rerunning_completes(tmp_path: Path) -> None:
+    """60,000 files take long enough to list that the kill lands inside the crawl."""
+    src = tmp_path / "src"
+    for d in range(300):
+        folder = src / f"d{d:03d}"
+        folder.mkdir(parents=True)
+        for f in range(200):
+            (folder / f"{f:03d}.txt").write_bytes(b"%d" % f)
+    job = tmp_path / "copy_job.py"
+    job.write_text(LISTING_JOB)
+    args = ["run", job, "--source", src, "--shard-max-files", "5000", "--workers", "2"]
+    out = tmp_path / "out"
+    state = tmp_path / ".mountproc-scratch-out" / "copy" / "run.json"
+    cmd = [sys.executable, "-m", "mountproc", *map(str, args), "--outputs", str(out)]
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=clean_env(), start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: proc.poll() is not None or state.exists(), 60, "the crawl to start")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "listed" not in json.loads(state.read_text()), "the kill came after the listing"
+    rerun = run_cli(*args, "--outputs", out, cwd=tmp_path, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    clean = run_cli(*args, "--outputs", tmp_path / "clean", cwd=tmp_path, timeout=600)
+    assert clean.returncode == 0, clean.stderr
+    assert len(tar_digests(out)) == 12
+    assert tar_digests(out) == tar_digests(tmp_path / "clean")
