@@ -65,7 +65,6 @@ T = TypeVar("T")
 POLL_STEP_S = 0.2
 
 _OCTAL_ESCAPE = re.compile(r"\\([0-7]{3})")
-_MIN_FIELDS = 7  # six fixed fields before the optional ones, then the " - " separator
 _SEPARATOR_FROM = 6
 
 

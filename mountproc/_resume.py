@@ -1,4 +1,5 @@
-"""Resume: what a rerun of the same command reuses from an earlier run that did not finish.
+"""The run's working area in scratch, and resume: what a rerun of the same command reuses
+from an earlier run that did not finish.
 
 A run keeps ``run.json`` in its scratch area: what decides its shards and their bytes (the job
 file's digest, parameters, source, shard bounds, test mode). A shard is finished when its
@@ -12,12 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mountproc import __version__
-from mountproc._metadata import ShardRecord, read_records, record_path, write_json
+from mountproc._errors import OutputsNotEmptyError
+from mountproc._job import Job
+from mountproc._metadata import METADATA_NAME, ShardRecord, read_records, record_path, write_json
+from mountproc._mounts import show
+from mountproc._records import JobRef
+from mountproc._settings import ResolvedRun
+from mountproc._sharding import Plan
 
 log = logging.getLogger(__name__)
 
@@ -115,3 +123,92 @@ def remove_published(published: list[Path]) -> None:
     for path in published:
         path.chmod(0o644)
         path.unlink()
+
+
+class RunPaths:
+    """The run's working area in scratch, and the names it publishes in outputs."""
+
+    def __init__(self, run: ResolvedRun, job: Job) -> None:
+        self.outputs = run.outputs
+        self.root = run.scratch / job.name
+        self.shards = self.root / "shards"
+        self.results = self.root / "results"
+        self.listing = self.root / "listing.parquet"
+        self.plan = self.root / "plan.parquet"
+        self.manifest = f"{job.name}-manifest.parquet"
+        self.summary = f"{job.name}-summary.json"
+        self.tar_prefix = f"{job.name}-"
+
+    def tar_name(self, index: int) -> str:
+        return f"{self.tar_prefix}{index:06d}.tar"
+
+    def previous_outputs(self) -> list[Path]:
+        """Files in outputs that an earlier run of this job published."""
+        if not self.outputs.is_dir():
+            return []
+        names = {self.manifest, self.summary, METADATA_NAME}
+        return sorted(
+            p
+            for p in self.outputs.iterdir()
+            if p.name in names or (p.name.startswith(self.tar_prefix) and p.name.endswith(".tar"))
+        )
+
+
+@dataclass(frozen=True)
+class Begun:
+    """How a run starts: afresh, or resuming an earlier run of the same command."""
+
+    state: dict[str, Any]
+    finished: dict[int, ShardRecord] = field(default_factory=dict)
+    plan: tuple[Plan, int] | None = None  # an earlier run's finished plan, and its entries
+    replaced: list[Path] = field(default_factory=list)  # to remove once the run is sure to start
+
+
+def begin(paths: RunPaths, run: ResolvedRun, ref: JobRef) -> Begun:
+    """Resume when scratch holds an earlier run of the same command; else start afresh, which
+    needs --fresh when outputs already hold results of this job."""
+    s = run.settings
+    current = identity(
+        ref.digest,
+        run.params.model_dump(mode="json"),
+        run.source,
+        (s.shard_max_files, int(s.shard_max_bytes)),
+        s.test_size if s.test_mode else None,
+    )
+    previous = paths.previous_outputs()
+    saved = read_state(paths.root) or {}
+    if not s.fresh and saved.get("identity") == current:
+        return _resume(paths, saved, previous)
+    if previous and not s.fresh:
+        raise OutputsNotEmptyError(
+            f"outputs directory {show(paths.outputs)} already holds results of this job "
+            f"({previous[0].name}, {len(previous)} files) from {_other_run(saved, current)}: "
+            "pass --fresh to replace them, or choose another --outputs"
+        )
+    shutil.rmtree(paths.root, ignore_errors=True)
+    for d in (paths.shards, paths.results):
+        d.mkdir(parents=True, exist_ok=True)
+    state = {"identity": current}
+    write_state(paths.root, state)
+    return Begun(state, replaced=previous)
+
+
+def _other_run(saved: dict[str, Any], current: dict[str, Any]) -> str:
+    if "identity" not in saved:
+        return "a run this scratch directory has no record of"
+    return f"a run with other settings ({', '.join(changed(saved['identity'], current))})"
+
+
+def _resume(paths: RunPaths, saved: dict[str, Any], previous: list[Path]) -> Begun:
+    reused = reuse(paths.results, paths.shards, paths.outputs, previous)
+    listed = saved.get("listed")
+    plan = None
+    if listed is not None:
+        totals = Plan(paths.plan, listed["shards"], listed["files"], listed["bytes"])
+        plan = (totals, int(listed["entries"]))
+    log.info(
+        "resuming an earlier run of this command: %d shard(s) already published and verified%s",
+        len(reused.finished),
+        f", {reused.discarded} discarded" if reused.discarded else "",
+    )
+    return Begun(saved, reused.finished, plan)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -20,7 +19,6 @@ from mountproc._errors import (
     DiskFullError,
     MountError,
     MountprocError,
-    OutputsNotEmptyError,
 )
 from mountproc._job import Job
 from mountproc._listing import Patterns, write_listing
@@ -36,7 +34,7 @@ from mountproc._records import (
     Status,
     WorkerCheck,
 )
-from mountproc._resume import changed, identity, read_state, remove_published, reuse, write_state
+from mountproc._resume import RunPaths, begin, remove_published, write_state
 from mountproc._settings import ResolvedRun
 from mountproc._sharding import Plan, ShardBounds, iter_shards, test_subset, write_plan
 from mountproc._sourcewatch import SourceWatch
@@ -89,35 +87,6 @@ class RunReport:
     within_budget: bool
 
 
-class _Paths:
-    """The run's working area in scratch, and the names it publishes in outputs."""
-
-    def __init__(self, run: ResolvedRun, job: Job) -> None:
-        self.outputs = run.outputs
-        self.root = run.scratch / job.name
-        self.shards = self.root / "shards"
-        self.results = self.root / "results"
-        self.listing = self.root / "listing.parquet"
-        self.plan = self.root / "plan.parquet"
-        self.manifest = f"{job.name}-manifest.parquet"
-        self.summary = f"{job.name}-summary.json"
-        self.tar_prefix = f"{job.name}-"
-
-    def tar_name(self, index: int) -> str:
-        return f"{self.tar_prefix}{index:06d}.tar"
-
-    def previous_outputs(self) -> list[Path]:
-        """Files in outputs that an earlier run of this job published."""
-        if not self.outputs.is_dir():
-            return []
-        names = {self.manifest, self.summary, _metadata.METADATA_NAME}
-        return sorted(
-            p
-            for p in self.outputs.iterdir()
-            if p.name in names or (p.name.startswith(self.tar_prefix) and p.name.endswith(".tar"))
-        )
-
-
 @dataclass(frozen=True)
 class Preflight:
     """What the preflight found: the source's mount, and scratch and outputs."""
@@ -157,7 +126,7 @@ def preflight(job: Job, run: ResolvedRun) -> Preflight:
 def check_cluster(job: Job, run: ResolvedRun, checked: Preflight) -> int:
     """Connect to ``--scheduler`` and check every worker's view of the mounts; return how many
     workers were checked. Writes only a token file in scratch, removed again."""
-    paths = _Paths(run, job)
+    paths = RunPaths(run, job)
     paths.root.mkdir(parents=True, exist_ok=True)
     check = _worker_check(run, paths, checked.mount)
     s = run.settings
@@ -178,8 +147,8 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
     Ctrl-C, SIGTERM or a failing environment still publishes what is complete, then raises."""
     started = time.monotonic()
     checked = preflight(job, run)
-    paths = _Paths(run, job)
-    begun = _begin(paths, run, ref)
+    paths = RunPaths(run, job)
+    begun = begin(paths, run, ref)
     plan, entries = begun.plan or _plan(job, run, paths, begun.state)
     tally = Tally(plan.shards, plan.files, skipped=entries - plan.files)
     tally.reuse(begun.finished)
@@ -214,7 +183,7 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
 def _finish_safely(
     job: Job,
     run: ResolvedRun,
-    paths: _Paths,
+    paths: RunPaths,
     tally: Tally,
     summary: dict[str, Any],
     within: bool,
@@ -230,67 +199,7 @@ def _finish_safely(
         log.error("could not publish the manifest and summary: %s", exc)
 
 
-@dataclass(frozen=True)
-class _Begun:
-    """How a run starts: afresh, or resuming an earlier run of the same command."""
-
-    state: dict[str, Any]
-    finished: dict[int, _metadata.ShardRecord] = field(default_factory=dict)
-    plan: tuple[Plan, int] | None = None  # an earlier run's finished plan, and its entries
-    replaced: list[Path] = field(default_factory=list)  # to remove once the run is sure to start
-
-
-def _begin(paths: _Paths, run: ResolvedRun, ref: JobRef) -> _Begun:
-    """Resume when scratch holds an earlier run of the same command; else start afresh, which
-    needs --fresh when outputs already hold results of this job."""
-    s = run.settings
-    current = identity(
-        ref.digest,
-        run.params.model_dump(mode="json"),
-        run.source,
-        (s.shard_max_files, int(s.shard_max_bytes)),
-        s.test_size if s.test_mode else None,
-    )
-    previous = paths.previous_outputs()
-    saved = read_state(paths.root) or {}
-    if not s.fresh and saved.get("identity") == current:
-        return _resume(paths, saved, previous)
-    if previous and not s.fresh:
-        raise OutputsNotEmptyError(
-            f"outputs directory {show(paths.outputs)} already holds results of this job "
-            f"({previous[0].name}, {len(previous)} files) from {_other_run(saved, current)}: "
-            "pass --fresh to replace them, or choose another --outputs"
-        )
-    shutil.rmtree(paths.root, ignore_errors=True)
-    for d in (paths.shards, paths.results):
-        d.mkdir(parents=True, exist_ok=True)
-    state = {"identity": current}
-    write_state(paths.root, state)
-    return _Begun(state, replaced=previous)
-
-
-def _other_run(saved: dict[str, Any], current: dict[str, Any]) -> str:
-    if "identity" not in saved:
-        return "a run this scratch directory has no record of"
-    return f"a run with other settings ({', '.join(changed(saved['identity'], current))})"
-
-
-def _resume(paths: _Paths, saved: dict[str, Any], previous: list[Path]) -> _Begun:
-    reused = reuse(paths.results, paths.shards, paths.outputs, previous)
-    listed = saved.get("listed")
-    plan = None
-    if listed is not None:
-        totals = Plan(paths.plan, listed["shards"], listed["files"], listed["bytes"])
-        plan = (totals, int(listed["entries"]))
-    log.info(
-        "resuming an earlier run of this command: %d shard(s) already published and verified%s",
-        len(reused.finished),
-        f", {reused.discarded} discarded" if reused.discarded else "",
-    )
-    return _Begun(saved, reused.finished, plan)
-
-
-def _worker_check(run: ResolvedRun, paths: _Paths, mount: MountReport) -> WorkerCheck:
+def _worker_check(run: ResolvedRun, paths: RunPaths, mount: MountReport) -> WorkerCheck:
     """What every worker must see as this process does; writes the scratch token."""
     token_path = paths.root / ".mountproc-token"
     token = uuid.uuid4().hex
@@ -299,7 +208,7 @@ def _worker_check(run: ResolvedRun, paths: _Paths, mount: MountReport) -> Worker
     return WorkerCheck(str(run.source), view, str(token_path), token, run.settings.mount_timeout)
 
 
-def _plan(job: Job, run: ResolvedRun, paths: _Paths, state: dict[str, Any]) -> tuple[Plan, int]:
+def _plan(job: Job, run: ResolvedRun, paths: RunPaths, state: dict[str, Any]) -> tuple[Plan, int]:
     patterns = Patterns(job.include, job.exclude)
     with SourceWatch(run.source, run.settings.mount_timeout, "the listing") as watch:
         stats = watch.run(lambda: write_listing(run.source, patterns, paths.listing, watch.probe))
@@ -325,7 +234,7 @@ def _plan(job: Job, run: ResolvedRun, paths: _Paths, state: dict[str, Any]) -> t
 
 
 def _specs(
-    job: Job, ref: JobRef, run: ResolvedRun, paths: _Paths, check: WorkerCheck, done: set[int]
+    job: Job, ref: JobRef, run: ResolvedRun, paths: RunPaths, check: WorkerCheck, done: set[int]
 ) -> Iterator[ShardSpec]:
     params_json = run.params.model_dump_json()
     limits = Limits(run.settings.file_timeout, run.settings.mount_timeout)
@@ -348,7 +257,7 @@ def _specs(
 def _execute(
     client: _cluster.Client,
     run: ResolvedRun,
-    paths: _Paths,
+    paths: RunPaths,
     specs: Iterator[ShardSpec],
     tally: Tally,
     progress: Progress | None,
@@ -416,7 +325,7 @@ def _shielded(fn: Callable[[], None]) -> None:
 
 
 def _collect(
-    paths: _Paths, spec: ShardSpec, outcome: ShardResult | BaseException, tally: Tally
+    paths: RunPaths, spec: ShardSpec, outcome: ShardResult | BaseException, tally: Tally
 ) -> None:
     if isinstance(outcome, MountprocError):
         raise outcome  # a broken setup, a worker's mount, a full disk: every shard would fail
@@ -483,7 +392,7 @@ def _summary(
 
 
 def _finish(
-    job: Job, run: ResolvedRun, paths: _Paths, tally: Tally, summary: dict[str, Any], within: bool
+    job: Job, run: ResolvedRun, paths: RunPaths, tally: Tally, summary: dict[str, Any], within: bool
 ) -> None:
     """Publish the manifest, the summary and the Valohai metadata (dataset entries only when
     the run is within its failure budget and not in test mode)."""
