@@ -60,6 +60,9 @@ SICK_ERRNOS = frozenset(
 )
 """Errors that say the mount (not the file) is in trouble: retried, then the mount is probed."""
 
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""Errors that say a disk (scratch or outputs) is full: they stop the run, never fail a file."""
+
 T = TypeVar("T")
 
 POLL_STEP_S = 0.2

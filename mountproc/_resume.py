@@ -94,7 +94,6 @@ def reuse(results: Path, shards: Path, outputs: Path, published: list[Path]) -> 
     written again: results without a record, tars without a verified record, the manifest,
     summary and metadata, and worker notes of shards in flight when the run stopped."""
     finished: dict[int, ShardRecord] = {}
-    discarded = 0
     for record in read_records(results):
         tar = outputs / record.tar
         if tar.is_file() and sha256_file(tar) == record.sha256:
@@ -108,14 +107,12 @@ def reuse(results: Path, shards: Path, outputs: Path, published: list[Path]) -> 
         if int(result.stem.removeprefix("shard-")) not in finished:
             result.unlink()
     keep = {r.tar for r in finished.values()}
-    for path in published:
-        if path.name not in keep:  # an unrecorded tar, or the manifest/summary/metadata
-            path.chmod(0o644)
-            path.unlink()
-            discarded += path.name.endswith(".tar")
+    # an unrecorded tar, or the manifest/summary/metadata (written again at the end)
+    stale = [path for path in published if path.name not in keep]
+    remove_published(stale)
     for note in shards.glob("*.inflight"):  # the run stopped, not a worker: no strike
         note.unlink()
-    return Reuse(finished, discarded)
+    return Reuse(finished, sum(path.name.endswith(".tar") for path in stale))
 
 
 def remove_published(published: list[Path]) -> None:

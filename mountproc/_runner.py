@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import threading
@@ -22,7 +21,7 @@ from mountproc._errors import (
 )
 from mountproc._job import Job
 from mountproc._listing import Patterns, write_listing
-from mountproc._mounts import show
+from mountproc._mounts import DISK_FULL_ERRNOS, show
 from mountproc._packaging import publish
 from mountproc._preflight import DirReport, MountReport, check_output_dir, check_source
 from mountproc._records import (
@@ -290,7 +289,7 @@ def _disk_full_is_an_error(fn: Callable[[], None]) -> None:
     try:
         fn()
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in DISK_FULL_ERRNOS:
             raise
         where = show(exc.filename) if exc.filename else "scratch or outputs"
         raise DiskFullError(

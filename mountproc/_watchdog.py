@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mountproc._metadata import write_json
 from mountproc._mounts import MountNotAliveError, probe_alive
 from mountproc._records import Limits
 
@@ -100,9 +101,7 @@ class ShardNotes:
             return _Verdicts()
 
     def _save(self, data: _Verdicts) -> None:
-        tmp = self.verdicts.with_name(self.verdicts.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(data), sort_keys=True))
-        os.replace(tmp, self.verdicts)
+        write_json(self.verdicts, asdict(data))
 
 
 @dataclass(frozen=True)

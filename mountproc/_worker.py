@@ -23,7 +23,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from mountproc._errors import DiskFullError, JobSetupError, MountprocError, SourceLostError
 from mountproc._job import Context, Job, Skip, SourceFile, load_job, normalize_outputs
 from mountproc._listing import display_path
-from mountproc._mounts import errno_text, find_oserror, probe_alive, sick_error
+from mountproc._mounts import DISK_FULL_ERRNOS, errno_text, find_oserror, probe_alive, sick_error
 from mountproc._packaging import TarBuilder, member_key
 from mountproc._preflight import check_worker
 from mountproc._records import FileEntry, FileResult, ShardResult, ShardSpec, Status
@@ -58,7 +58,7 @@ def run_shard(spec: ShardSpec) -> ShardResult:
         ctx = Context(params=params, state=state, shard=spec.index, tmp_dir=tmp_dir)
         results, sha, size, tar_path = _build(job, spec, ctx)
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno not in DISK_FULL_ERRNOS:
             raise
         raise DiskFullError(
             f"scratch directory {work_dir} is full ({errno_text(exc)}) on worker "
@@ -171,7 +171,7 @@ def _with_retries(fn: Callable[[], Any]) -> Any:
 
 def _failure(exc: Exception, spec: ShardSpec, entry: FileEntry) -> str:
     """The reason a file failed; raise instead when the failure is the mount's or the disk's."""
-    disk = find_oserror(exc, (errno.ENOSPC, errno.EDQUOT))
+    disk = find_oserror(exc, DISK_FULL_ERRNOS)
     if disk is not None:
         raise disk
     sick = sick_error(exc)
