@@ -18,11 +18,11 @@ from typing import Any, NoReturn
 import click
 
 from mountproc import __version__
-from mountproc._cluster import left_stuck_processes
+from mountproc._cluster import TlsFiles, left_stuck_processes, worker_command
 from mountproc._errors import FailureBudgetExceeded, MountprocError, SettingsError
 from mountproc._job import Job, load_job, read_job_file
 from mountproc._preflight import human_bytes
-from mountproc._runner import Preflight, check_cluster, preflight, run_job
+from mountproc._runner import Preflight, check_cluster, join_as_member, preflight, run_job
 from mountproc._settings import ResolvedRun, resolve
 
 log = logging.getLogger("mountproc")
@@ -79,6 +79,14 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         _opt("threads-per-worker", type=int, help="Threads per local worker (default 1)."),
         _opt(
             "scheduler", help="Address of an existing Dask scheduler (also DASK_SCHEDULER_ADDRESS)."
+        ),
+        _opt("tls-ca-file", metavar="FILE", help="CA certificate of a tls:// scheduler."),
+        _opt("tls-cert", metavar="FILE", help="This client's TLS certificate (PEM)."),
+        _opt("tls-key", metavar="FILE", help="This client's TLS private key (PEM)."),
+        _opt(
+            "worker-wait",
+            type=float,
+            help="Seconds to wait for workers to join an existing scheduler (default 60).",
         ),
         _opt("dataset", help="Valohai dataset version: dataset://NAME/VERSION."),
         _opt("dataset-from", help="Base the dataset version on this one (dataset://NAME/VERSION)."),
@@ -183,6 +191,9 @@ def run(ctx: click.Context, /, job_file: str, **values: Any) -> None:
 
     def action() -> None:
         ref, job, resolved = _load(job_file, ctx, values)
+        task = resolved.distributed
+        if task is not None and not task.is_primary:
+            _become(join_as_member(job, resolved))
         report = run_job(job, ref, resolved, progress=_Progress())
         _print_summary(report.summary, resolved)
         if not report.within_budget:
@@ -191,6 +202,76 @@ def run(ctx: click.Context, /, job_file: str, **values: Any) -> None:
                 f"failed, more than --max-failures={resolved.settings.max_failures}: no dataset "
                 "version was registered; see the manifest for the reasons"
             )
+
+    _guarded(action)
+
+
+def _become(cmd: list[str]) -> NoReturn:
+    """Replace this process with ``cmd`` (a worker: signals reach it directly)."""
+    log.info("running %s", " ".join(cmd))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)
+
+
+@main.command()
+@click.argument("scheduler")
+@click.option(
+    "--nworkers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Worker processes on this machine.",
+)
+@click.option(
+    "--nthreads",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Threads per worker process.",
+)
+@click.option("--name", help="Worker name (with --nworkers N, -0 .. -N-1 is appended).")
+@click.option("--host", help="Address the workers listen on (default: chosen by Dask).")
+@click.option("--tls-ca-file", metavar="FILE", help="CA certificate of the tls:// cluster.")
+@click.option("--tls-cert", metavar="FILE", help="This worker's certificate (PEM).")
+@click.option("--tls-key", metavar="FILE", help="This worker's private key (PEM).")
+@click.option("--death-timeout", type=float, help="Seconds to wait for the scheduler, then exit.")
+def worker(
+    scheduler: str,
+    nworkers: int,
+    nthreads: int,
+    name: str | None,
+    host: str | None,
+    tls_ca_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    death_timeout: float | None,
+) -> None:
+    """Run Dask workers for mountproc runs that join SCHEDULER; exit when it closes.
+
+    This is `dask worker` with mountproc's defaults (one thread per process: transforms are
+    CPU-bound). The machine needs the source mounted read-only at the same path as the driver.
+
+    \b
+    Examples:
+      mountproc worker tcp://10.0.0.5:8786 --nworkers 8
+      mountproc worker tls://10.0.0.5:8786 --tls-ca-file ca.pem --tls-cert w.pem --tls-key w.key
+    """
+
+    def action() -> None:
+        files = (tls_ca_file, tls_cert, tls_key)
+        if any(files) and not all(files):
+            raise SettingsError("TLS needs --tls-ca-file, --tls-cert and --tls-key together")
+        if scheduler.startswith("tls://") and not all(files):
+            raise SettingsError(
+                f"the scheduler {scheduler} uses TLS: pass --tls-ca-file, --tls-cert, --tls-key"
+            )
+        tls = (
+            TlsFiles(tls_ca_file, tls_cert, tls_key)
+            if tls_ca_file and tls_cert and tls_key
+            else None
+        )
+        _become(worker_command(scheduler, nworkers, nthreads, name, tls, host, death_timeout))
 
     _guarded(action)
 

@@ -3,19 +3,25 @@ tasks over it. The only module that imports ``distributed``."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from distributed import Client as Client  # re-exported for type hints in the runner
-from distributed import LocalCluster, as_completed
+from distributed import LocalCluster, as_completed, get_worker
+from distributed.security import Security
 
 from mountproc._errors import ClusterError, MountprocError
+from mountproc._packaging import read_chunk, remove_file
 from mountproc._preflight import check_worker
 from mountproc._records import WorkerCheck
 
@@ -24,9 +30,35 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
-WORKER_WAIT_S = 60
 CONNECT_TIMEOUT_S = 15
+FETCH_CHUNK_BYTES = 16 << 20
+FETCH_TIMEOUT_S = 300
 CLOSE_TIMEOUT_S = 20
+MATCHING_PACKAGES = ("mountproc", "dask", "distributed", "cloudpickle", "msgpack")
+"""Packages whose versions must be the same on the driver and every worker: shards, results
+and the job travel between them pickled."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The CA, certificate and key this process presents on a ``tls://`` cluster."""
+
+    ca_file: str
+    cert: str
+    key: str
+
+    def security(self) -> Security:
+        """distributed's ``Security``, encryption required, one certificate for every role."""
+        return Security(
+            tls_ca_file=self.ca_file,
+            tls_client_cert=self.cert,
+            tls_client_key=self.key,
+            tls_scheduler_cert=self.cert,
+            tls_scheduler_key=self.key,
+            tls_worker_cert=self.cert,
+            tls_worker_key=self.key,
+            require_encryption=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -36,13 +68,18 @@ class ClusterOptions:
     scheduler: str | None = None
     workers: int | None = None
     threads_per_worker: int = 1
+    tls: TlsFiles | None = None
+    worker_wait_s: float = 60.0
+    host: str | None = None  # where the embedded scheduler listens: other machines join there
+    port: int = 0  # 0: any free port
+    members: tuple[str, ...] = ()  # names of the workers (machines) that must join first
 
 
 @contextmanager
 def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
     """Yield a connected client; close what this call started."""
     if opts.scheduler:
-        with _connect(opts.scheduler) as client:
+        with _connect(opts) as client:
             yield client
         return
     n = opts.workers or os.cpu_count() or 1
@@ -51,6 +88,10 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
             n_workers=n,
             threads_per_worker=opts.threads_per_worker,
             processes=True,
+            host=opts.host,
+            scheduler_port=opts.port,
+            security=opts.tls.security() if opts.tls else None,
+            protocol="tls://" if opts.tls else None,
             dashboard_address=":0",  # a free port: never collide with another cluster
             silence_logs=logging.CRITICAL,  # mountproc reports task failures itself
         )
@@ -60,10 +101,65 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
     if cluster.dashboard_link:
         log.info("Dask dashboard: %s", cluster.dashboard_link)
     try:
-        with Client(cluster) as client:
+        with Client(cluster, security=opts.tls.security() if opts.tls else None) as client:
+            if opts.members:
+                log.info("scheduler for the other members at %s", cluster.scheduler_address)
+                _wait_for_members(client, opts.members, opts.worker_wait_s)
+                check_versions(client)
             yield client
     finally:
         _close(cluster)
+
+
+def member_worker_name(member: str) -> str:
+    """The worker name of a member machine (``dask worker --name``; with ``--nworkers`` N,
+    distributed appends ``-0`` .. ``-N-1``)."""
+    return f"vh-member-{member}"
+
+
+def _wait_for_members(client: Client, members: tuple[str, ...], timeout: float) -> None:
+    """Wait until a worker of every member machine has joined."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = [str(w.get("name")) for w in client.scheduler_info()["workers"].values()]
+        missing = [
+            m
+            for m in members
+            if not any(n == (w := member_worker_name(m)) or n.startswith(w + "-") for n in names)
+        ]
+        if not missing:
+            log.info("every member joined: %s", ", ".join(members))
+            return
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"member(s) {', '.join(missing)} of the distributed task did not join within "
+                f"{timeout:g} s: see their logs (a member that failed its mount check exits "
+                "early), or wait longer with --worker-wait"
+            )
+        time.sleep(0.2)
+
+
+def worker_command(
+    address: str,
+    nworkers: int,
+    nthreads: int,
+    name: str | None = None,
+    tls: TlsFiles | None = None,
+    host: str | None = None,
+    death_timeout: float | None = None,
+) -> list[str]:
+    """The ``dask worker`` command line of a mountproc worker machine."""
+    cmd = [sys.executable, "-m", "dask", "worker", address]
+    cmd += ["--nworkers", str(nworkers), "--nthreads", str(nthreads), "--no-dashboard"]
+    if name:
+        cmd += ["--name", name]
+    if host:
+        cmd += ["--host", host]
+    if death_timeout:
+        cmd += ["--death-timeout", f"{death_timeout:g}"]
+    if tls:
+        cmd += ["--tls-ca-file", tls.ca_file, "--tls-cert", tls.cert, "--tls-key", tls.key]
+    return cmd
 
 
 _STUCK: list[str] = []
@@ -90,30 +186,76 @@ def left_stuck_processes() -> bool:
 
 
 @contextmanager
-def _connect(address: str) -> Iterator[Client]:
+def _connect(opts: ClusterOptions) -> Iterator[Client]:
+    address = opts.scheduler
+    assert address is not None
+    security = opts.tls.security() if opts.tls else None
     try:
-        client = Client(address, timeout=CONNECT_TIMEOUT_S)
+        client = Client(address, timeout=CONNECT_TIMEOUT_S, security=security)
     except (OSError, TimeoutError) as exc:
+        hint = (
+            "; check that --tls-ca-file is the CA that signed the scheduler's certificate"
+            if opts.tls
+            else ""
+        )
         raise ClusterError(
-            f"cannot reach the Dask scheduler at {address}: {exc}; check the address and that "
-            "the scheduler runs, or omit --scheduler to start a local cluster"
+            f"cannot reach the Dask scheduler at {address}: {exc}{hint}; check the address and "
+            "that the scheduler runs, or omit --scheduler to start a local cluster"
         ) from None
     with client:
-        try:
-            client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-        except TimeoutError:
-            raise ClusterError(
-                f"no worker joined the scheduler at {address} within {WORKER_WAIT_S} s: "
-                "start workers with `dask worker " + address + "`"
-            ) from None
+        _wait_for_workers(client, address, 1, opts.worker_wait_s)
         log.info("connected to the Dask scheduler at %s", address)
+        check_versions(client)
         yield client
+
+
+def _wait_for_workers(client: Client, address: str, n: int, timeout: float) -> None:
+    try:
+        client.wait_for_workers(n, timeout=timeout)
+    except TimeoutError:
+        raise ClusterError(
+            f"no worker joined the scheduler at {address} within {timeout:g} s: start workers "
+            f"with `mountproc worker {address}` (or `dask worker {address}`), or wait longer "
+            "with --worker-wait"
+        ) from None
+
+
+def check_versions(client: Client) -> None:
+    """Fail unless every worker has mountproc, and the same versions of it, of Python and of
+    the packages that carry pickled work between machines, as this process."""
+    versions: Any = client.get_versions(packages=["mountproc"])  # a dict: the client is sync
+    mine = versions["client"]["packages"]
+    for worker, info in sorted(versions["workers"].items()):
+        theirs = (info or {}).get("packages", {})
+        if not theirs.get("mountproc"):
+            raise ClusterError(
+                f"worker {worker} has no mountproc installed: install mountproc=="
+                f"{mine['mountproc']} on every worker (the job file itself travels with the run)"
+            )
+        for package in ("python", *MATCHING_PACKAGES):
+            ours, its = mine.get(package), theirs.get(package)
+            if package == "python":  # pickles are compatible across patch releases
+                ours, its = _minor(ours), _minor(its)
+            if ours != its:
+                raise ClusterError(
+                    f"worker {worker} runs {package} {its}, this machine {ours}: install the "
+                    "same versions on every machine of the cluster (e.g. the same image)"
+                )
+
+
+def _minor(version: str | None) -> str | None:
+    return ".".join(version.split(".")[:2]) if version else version
+
+
+def _located(fn: Callable[[T], R], item: T) -> tuple[str, R]:
+    """Run ``fn`` on a worker; return that worker's address with the result."""
+    return get_worker().address, fn(item)
 
 
 class TaskStream(Generic[T, R]):
     """Runs ``fn`` on every item with at most ``window`` tasks in flight; iterating yields each
     item with its result, or with the exception that ended it (a lost worker, an error in
-    ``fn``, a cancellation)."""
+    ``fn``, a cancellation), and the address of the worker that ran it ("" if unknown)."""
 
     def __init__(
         self,
@@ -138,25 +280,26 @@ class TaskStream(Generic[T, R]):
             if item is None:
                 return
             fut = self._client.submit(
-                self._fn, item, key=self._key(item), pure=False, retries=self._retries
+                _located, self._fn, item, key=self._key(item), pure=False, retries=self._retries
             )
             self._pending[str(fut.key)] = (item, fut)
         self._stream.add(fut)
 
-    def __iter__(self) -> Iterator[tuple[T, R | BaseException]]:
+    def __iter__(self) -> Iterator[tuple[T, R | BaseException, str]]:
         for _ in range(self._window):
             self._submit_next()
         for fut in self._stream:
             with self._lock:
                 item, _ = self._pending.pop(str(fut.key))
             outcome: Any
+            worker = ""
             try:
-                outcome = fut.result()
+                worker, outcome = fut.result()
             except Exception as exc:  # the task's own error, a lost worker, a cancellation
                 outcome = exc
             fut.release()
             self._submit_next()
-            yield item, outcome
+            yield item, outcome, worker
 
     def cancel(self) -> None:
         """Submit nothing more and cancel the tasks in flight (callable from any thread)."""
@@ -167,15 +310,15 @@ class TaskStream(Generic[T, R]):
             self._client.cancel(futures)
 
 
-def _check_named(check: WorkerCheck, dask_worker: Any = None) -> None:
+def _check_named(check: WorkerCheck, dask_worker: Any = None) -> bool:
     """Run on a worker by ``Client.run``, which passes the worker when asked for it."""
     name = getattr(dask_worker, "address", None) or socket.gethostname()
-    check_worker(check, name)
+    return check_worker(check, name)
 
 
 def check_workers(client: Client, check: WorkerCheck) -> None:
-    """Fail unless every worker sees the source mount and the scratch directory as this
-    process does (workers that join later check themselves before their first shard)."""
+    """Fail unless every worker sees the source mount as this process does, and has a scratch
+    directory (workers that join later check themselves before their first shard)."""
     outcomes = client.run(_check_named, check, on_error="return")
     for worker in sorted(outcomes):
         outcome = outcomes[worker]
@@ -186,7 +329,47 @@ def check_workers(client: Client, check: WorkerCheck) -> None:
                 f"cannot check worker {worker}: {type(outcome).__name__}: {outcome}; "
                 "check that it runs the same mountproc version as this machine"
             )
-    log.info("%d worker(s) see the source and scratch as this machine does", len(outcomes))
+    own = sorted(worker for worker, shared in outcomes.items() if shared is False)
+    log.info("%d worker(s) see the source as this machine does", len(outcomes))
+    if own:
+        log.info(
+            "%d worker(s) cannot see this machine's scratch (%s): their tars are copied over "
+            "the Dask connection",
+            len(own),
+            ", ".join(own),
+        )
+
+
+def fetch_file(client: Client, worker: str, remote: str, local: Path) -> tuple[str, int]:
+    """Copy the file ``remote`` from ``worker``'s disk to ``local`` in chunks, then delete it
+    there; return the sha256 and size of what was copied."""
+    sha, size = hashlib.sha256(), 0
+    with local.open("xb") as out:
+        while True:
+            chunk = _on(client, worker, read_chunk, remote, size, FETCH_CHUNK_BYTES)
+            if not chunk:
+                break
+            sha.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    _on(client, worker, remove_file, remote)
+    return sha.hexdigest(), size
+
+
+def _on(client: Client, worker: str, fn: Callable[..., R], *args: Any) -> R:
+    """Run ``fn`` on that very worker (it holds the file), within a time limit."""
+    fut = client.submit(fn, *args, workers=[worker], allow_other_workers=False, pure=False)
+    try:
+        result: R = fut.result(timeout=FETCH_TIMEOUT_S)
+    except TimeoutError:
+        fut.cancel()
+        raise ClusterError(
+            f"worker {worker} did not hand over {args[0]} within {FETCH_TIMEOUT_S} s (it may "
+            "have left the cluster)"
+        ) from None
+    return result
 
 
 def worker_count(client: Client) -> int:

@@ -7,8 +7,7 @@
     │   │   └── JobSetupError .... the job's per-worker setup raised
     │   ├── MountError ........... the mount preflight failed for a path
     │   │   └── WorkerMountError . a worker sees the source differently from this machine
-    │   ├── OutputsNotEmptyError . outputs already hold results of this job
-    │   └── ScratchNotSharedError  a worker cannot see the scratch directory
+    │   └── OutputsNotEmptyError . outputs already hold results of this job
     ├── FailureBudgetExceeded (1)  more files failed than --max-failures allows
     ├── ClusterError (1) ......... the Dask cluster could not be started or reached
     └── RunAbortedError (1) ...... the run's environment failed mid-run; a rerun can go on
@@ -56,10 +55,6 @@ class WorkerMountError(MountError):
 
 class OutputsNotEmptyError(UsageError):
     """The outputs directory already holds results of this job."""
-
-
-class ScratchNotSharedError(UsageError):
-    """A worker cannot see the scratch directory where shards are built."""
 
 
 class FailureBudgetExceeded(MountprocError):

@@ -147,3 +147,16 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_chunk(path: str, offset: int, size: int) -> bytes:
+    """Up to ``size`` bytes of ``path`` from ``offset`` (b"" at the end): how a tar built on a
+    worker's own disk travels to the driver."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def remove_file(path: str) -> None:
+    """Delete ``path`` if it exists."""
+    Path(path).unlink(missing_ok=True)

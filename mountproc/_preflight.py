@@ -14,7 +14,6 @@ from typing import TypeVar
 
 from mountproc._errors import (
     MountError,
-    ScratchNotSharedError,
     SourceLostError,
     WorkerMountError,
 )
@@ -337,8 +336,10 @@ def _difference(here: SourceView, there: SourceView) -> str | None:
     return None
 
 
-def check_worker(check: WorkerCheck, worker: str) -> None:
-    """Raise unless this process (a worker) sees the source and scratch as the driver does."""
+def check_worker(check: WorkerCheck, worker: str) -> bool:
+    """Raise unless this process (a worker) sees the source as the driver does; return whether
+    it shares the driver's scratch directory (else it builds shards in a scratch of its own,
+    which must be writable, and the driver copies each finished tar over)."""
     source = Path(check.source)
     try:
         report, _ = check_source(source, strict=False, allow_writable=True, timeout=check.timeout_s)
@@ -357,9 +358,10 @@ def check_worker(check: WorkerCheck, worker: str) -> None:
         seen = _within(lambda: token.read_text(), check.timeout_s, "scratch", token.parent)
     except OSError:
         seen = None
-    if seen != check.token:
-        raise ScratchNotSharedError(
-            f"scratch directory {show(token.parent)} is not shared with worker {worker}: put "
-            "--scratch on a file system shared by this machine and every worker (e.g. the "
-            "same NFS export mounted at the same path)"
-        )
+    if seen == check.token:
+        return True
+    try:
+        check_writable_dir(token.parent, "scratch", check.timeout_s)
+    except MountError as exc:
+        raise WorkerMountError(f"worker {worker} has no scratch of its own: {exc}") from None
+    return False

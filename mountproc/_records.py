@@ -114,6 +114,7 @@ class ShardResult:
     tar_bytes: int
     results: tuple[FileResult, ...] = field(default=())
     worker: str = ""
+    scratch_shared: bool = True  # False: the tar is on the worker's own disk, to be copied over
 
     @property
     def files_ok(self) -> int:

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -98,8 +98,8 @@ class Preflight:
         return {"mount": self.mount.as_dict(), **{d.role: d.as_dict() for d in self.dirs}}
 
 
-def preflight(job: Job, run: ResolvedRun) -> Preflight:
-    """Check the source mount, scratch and outputs before anything is started or written."""
+def preflight_source(job: Job, run: ResolvedRun) -> MountReport:
+    """Check the source mount before anything is started or written."""
     s = run.settings
     report, warnings = check_source(
         run.source,
@@ -111,6 +111,13 @@ def preflight(job: Job, run: ResolvedRun) -> Preflight:
     )
     for w in warnings:
         log.warning("%s", w)
+    return report
+
+
+def preflight(job: Job, run: ResolvedRun) -> Preflight:
+    """Check the source mount, scratch and outputs before anything is started or written."""
+    s = run.settings
+    report = preflight_source(job, run)
     dirs = []
     for role, path in (("outputs", run.outputs), ("scratch", run.scratch)):
         if _is_within(path, run.source):
@@ -128,13 +135,53 @@ def check_cluster(job: Job, run: ResolvedRun, checked: Preflight) -> int:
     paths = RunPaths(run, job)
     paths.root.mkdir(parents=True, exist_ok=True)
     check = _worker_check(run, paths, checked.mount)
-    s = run.settings
     try:
-        with _cluster.open_cluster(_cluster.ClusterOptions(s.scheduler)) as client:
+        with _cluster.open_cluster(cluster_options(run)) as client:
             _cluster.check_workers(client, check)
             return _cluster.worker_count(client)
     finally:
         Path(check.token_path).unlink(missing_ok=True)
+
+
+def cluster_options(run: ResolvedRun) -> _cluster.ClusterOptions:
+    """Which cluster the settings ask for."""
+    s = run.settings
+    tls = None
+    if s.tls_ca_file and s.tls_cert and s.tls_key:
+        tls = _cluster.TlsFiles(str(s.tls_ca_file), str(s.tls_cert), str(s.tls_key))
+    opts = _cluster.ClusterOptions(s.scheduler, s.workers, s.threads_per_worker, tls, s.worker_wait)
+    task = run.distributed
+    if task is None:
+        return opts
+    return replace(opts, host=task.primary_ip, port=s.scheduler_port, members=task.others)
+
+
+def join_as_member(job: Job, run: ResolvedRun) -> list[str]:
+    """On a member of a Valohai distributed task other than the primary: check the source
+    mount, then return the worker command that joins the primary's scheduler (it exits when
+    the primary closes it). Nothing is written to this member's outputs."""
+    task = run.distributed
+    assert task is not None
+    assert not task.is_primary
+    preflight_source(job, run)
+    s = run.settings
+    opts = cluster_options(run)
+    address = f"{'tls' if opts.tls else 'tcp'}://{task.primary_ip}:{s.scheduler_port}"
+    log.info(
+        "member %s of a distributed task: joining the primary member %s at %s as a worker",
+        task.member_id,
+        task.member_ids[0],
+        address,
+    )
+    return _cluster.worker_command(
+        address,
+        s.workers or os.cpu_count() or 1,
+        s.threads_per_worker,
+        name=_cluster.member_worker_name(task.member_id),
+        tls=opts.tls,
+        host=task.own_ip,
+        death_timeout=s.worker_wait,
+    )
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -153,9 +200,7 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
     tally.reuse(begun.finished)
     s = run.settings
     stop: BaseException | None = None
-    with _cluster.open_cluster(
-        _cluster.ClusterOptions(s.scheduler, s.workers, s.threads_per_worker)
-    ) as client:
+    with _cluster.open_cluster(cluster_options(run)) as client:
         remove_published(begun.replaced)
         paths.outputs.mkdir(parents=True, exist_ok=True)
         check = _worker_check(run, paths, checked.mount)
@@ -273,10 +318,11 @@ def _execute(
     timeout = run.settings.mount_timeout
     try:
         with SourceWatch(run.source, timeout, "the run", on_lost=stream.cancel) as watch:
-            for spec, outcome in stream:
+            for spec, outcome, worker in stream:
                 watch.check()
                 # a tar is published together with its record, or not at all
-                collect = partial(_collect, paths, spec, outcome, tally)
+                brought = partial(_brought, client, paths, outcome, worker)
+                collect = partial(_collect, paths, spec, brought, tally)
                 _shielded(partial(_disk_full_is_an_error, collect))
                 if progress is not None:
                     progress(_progress_event(tally))
@@ -323,9 +369,32 @@ def _shielded(fn: Callable[[], None]) -> None:
         raise interrupted
 
 
+def _brought(
+    client: _cluster.Client, paths: RunPaths, outcome: ShardResult | BaseException, worker: str
+) -> ShardResult | BaseException:
+    """The outcome with its tar in this machine's scratch: copied from the worker's own disk
+    when it does not share scratch; a failed copy fails the shard."""
+    if not isinstance(outcome, ShardResult) or outcome.scratch_shared:
+        return outcome
+    local = paths.shards / f"{outcome.tar_name}.{uuid.uuid4().hex[:8]}.copy.partial"
+    try:
+        sha, size = _cluster.fetch_file(client, worker, outcome.tar_path, local)
+    except Exception as exc:
+        local.unlink(missing_ok=True)
+        return RuntimeError(f"its tar could not be copied from worker {worker}: {exc}")
+    if (sha, size) != (outcome.sha256, outcome.tar_bytes):
+        local.unlink(missing_ok=True)
+        return RuntimeError(f"its tar copied from worker {worker} does not match its sha256")
+    return replace(outcome, tar_path=str(local))
+
+
 def _collect(
-    paths: RunPaths, spec: ShardSpec, outcome: ShardResult | BaseException, tally: Tally
+    paths: RunPaths,
+    spec: ShardSpec,
+    bring: Callable[[], ShardResult | BaseException],
+    tally: Tally,
 ) -> None:
+    outcome = bring()
     if isinstance(outcome, MountprocError):
         raise outcome  # a broken setup, a worker's mount, a full disk: every shard would fail
     if isinstance(outcome, BaseException):

@@ -89,6 +89,11 @@ class RunSettings(BaseSettings):
     scheduler: str | None = Field(
         None, validation_alias=_env("scheduler", "DASK_SCHEDULER_ADDRESS")
     )
+    tls_ca_file: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    worker_wait: float = Field(60.0, gt=0)
+    scheduler_port: int = Field(8786, ge=0, le=65535)
     dataset: str | None = None
     dataset_from: str | None = None
     dataset_start_fresh: bool = False
@@ -118,6 +123,35 @@ class RunSettings(BaseSettings):
     def _dataset_base(self) -> RunSettings:
         if self.dataset_from and self.dataset_start_fresh:
             raise ValueError("--dataset-from and --dataset-start-fresh contradict each other")
+        return self
+
+    @model_validator(mode="after")
+    def _tls(self) -> RunSettings:
+        files = {
+            "--tls-ca-file": self.tls_ca_file,
+            "--tls-cert": self.tls_cert,
+            "--tls-key": self.tls_key,
+        }
+        given = [flag for flag, path in files.items() if path is not None]
+        if given and len(given) < len(files):
+            missing = ", ".join(flag for flag in files if flag not in given)
+            raise ValueError(
+                f"TLS needs --tls-ca-file, --tls-cert and --tls-key: {missing} missing"
+            )
+        if self.scheduler and self.scheduler.startswith("tls://") and not given:
+            raise ValueError(
+                f"the scheduler {self.scheduler} uses TLS: pass --tls-ca-file, --tls-cert and "
+                "--tls-key (the CA that signed the scheduler's certificate, and this client's "
+                "certificate and key)"
+            )
+        if given and self.scheduler and not self.scheduler.startswith("tls://"):
+            raise ValueError(
+                f"TLS files were given but the scheduler address {self.scheduler} is not tls://: "
+                "use tls://HOST:PORT, or drop the --tls-* options"
+            )
+        for flag, path in files.items():
+            if path is not None and not path.is_file():
+                raise ValueError(f"{flag} {path}: no such file")
         return self
 
     @field_validator("max_failures", mode="before")
@@ -186,6 +220,7 @@ class ResolvedRun:
     strict_mounts: bool
     on_valohai: bool
     params: Any
+    distributed: _valohai.DistributedTask | None = None
 
 
 def flag_name(field: str) -> str:
@@ -208,7 +243,13 @@ def resolve(
     scratch = (settings.scratch or _valohai.default_scratch(outputs)).absolute()
     on_vh = _valohai.on_valohai(environ)
     strict = on_vh if settings.strict_mounts is None else settings.strict_mounts
-    return ResolvedRun(settings, source, outputs, scratch, strict, on_vh, params)
+    distributed = _valohai.read_distributed(environ)
+    if distributed is not None and settings.scheduler:
+        raise SettingsError(
+            "this is a Valohai distributed task, whose primary member starts the scheduler "
+            f"itself: drop --scheduler {settings.scheduler}"
+        )
+    return ResolvedRun(settings, source, outputs, scratch, strict, on_vh, params, distributed)
 
 
 def _build(

@@ -38,7 +38,7 @@ gets past a failover or a transient handle error."""
 
 _STATE: dict[tuple[str, str], Any] = {}
 _STATE_LOCK = threading.Lock()
-_CHECKED: set[str] = set()
+_CHECKED: dict[str, bool] = {}  # run token -> whether this process shares the driver's scratch
 
 
 def _worker_name() -> str:
@@ -47,7 +47,7 @@ def _worker_name() -> str:
 
 def run_shard(spec: ShardSpec) -> ShardResult:
     """Process every file of ``spec`` and return the finished tar's facts and per-file results."""
-    _check_once(spec)
+    shared = _check_once(spec)
     job = load_job(spec.job)
     params = job.params.model_validate_json(spec.params_json)
     state = _worker_state(job, spec, params)
@@ -75,6 +75,7 @@ def run_shard(spec: ShardSpec) -> ShardResult:
         tar_bytes=size,
         results=tuple(results),
         worker=socket.gethostname(),
+        scratch_shared=shared,
     )
 
 
@@ -100,14 +101,16 @@ def _build(job: Job, spec: ShardSpec, ctx: Context[Any]) -> tuple[list[FileResul
     return results, sha, size, tar.path
 
 
-def _check_once(spec: ShardSpec) -> None:
-    """Before this process's first shard of a run, check that it sees the source and scratch
-    as the driver does (workers that joined after the run's start were never checked)."""
+def _check_once(spec: ShardSpec) -> bool:
+    """Before this process's first shard of a run, check that it sees the source as the driver
+    does (workers that joined after the run's start were never checked); return whether it
+    shares the driver's scratch."""
     check = spec.check
-    if check is None or check.token in _CHECKED:
-        return
-    check_worker(check, _worker_name())
-    _CHECKED.add(check.token)
+    if check is None:
+        return True
+    if check.token not in _CHECKED:
+        _CHECKED[check.token] = check_worker(check, _worker_name())
+    return _CHECKED[check.token]
 
 
 def _worker_state(job: Job, spec: ShardSpec, params: Any) -> Any:

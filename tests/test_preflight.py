@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from mountproc._errors import MountError, ScratchNotSharedError, WorkerMountError
+from mountproc._errors import MountError, WorkerMountError
 from mountproc._mounts import MountInfo
 from mountproc._preflight import (
     DirReport,
@@ -270,21 +270,29 @@ def worker_check(tmp_path: Path) -> WorkerCheck:
 
 
 def test_check_worker_passes_when_all_agree(worker_check: WorkerCheck) -> None:
-    """The same source and a readable token: nothing to say."""
-    check_worker(worker_check, "w1 (pid 1)")
+    """The same source and a readable token: the worker shares the driver's scratch."""
+    assert check_worker(worker_check, "w1 (pid 1)") is True
 
 
 def test_check_worker_token_of_another_run(worker_check: WorkerCheck) -> None:
-    """A token file holding another token means another scratch directory."""
+    """A token file holding another token means another scratch directory: the worker has a
+    scratch of its own."""
     Path(worker_check.token_path).write_text("token-2")
-    with pytest.raises(ScratchNotSharedError, match=r"not shared with worker w1 \(pid 1\)"):
-        check_worker(worker_check, "w1 (pid 1)")
+    assert check_worker(worker_check, "w1 (pid 1)") is False
 
 
 def test_check_worker_token_missing(worker_check: WorkerCheck) -> None:
-    """No token file: the worker does not see the driver's scratch."""
+    """No token file: the worker does not see the driver's scratch, but can write its own."""
     Path(worker_check.token_path).unlink()
-    with pytest.raises(ScratchNotSharedError, match="--scratch on a file system shared"):
+    assert check_worker(worker_check, "w1") is False
+
+
+def test_check_worker_without_a_writable_scratch_of_its_own(worker_check: WorkerCheck) -> None:
+    """A worker that neither shares scratch nor can create its own is named."""
+    token = Path(worker_check.token_path)
+    shutil.rmtree(token.parent)
+    token.parent.write_text("a file where the scratch directory should be")
+    with pytest.raises(WorkerMountError, match=r"^worker w1 has no scratch of its own: scratch"):
         check_worker(worker_check, "w1")
 
 

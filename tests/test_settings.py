@@ -181,7 +181,7 @@ def test_mountproc_test_mode_beats_bare_test_mode(env: Env) -> None:
 def test_dask_scheduler_address(env: Env) -> None:
     env.set(DASK_SCHEDULER_ADDRESS="tcp://10.0.0.5:8786")
     assert run(env).settings.scheduler == "tcp://10.0.0.5:8786"
-    assert run(env, {"scheduler": "tls://cli:1"}).settings.scheduler == "tls://cli:1"
+    assert run(env, {"scheduler": "tcp://cli:1"}).settings.scheduler == "tcp://cli:1"
     env.set(MOUNTPROC_SCHEDULER="tcp://mine:8786")
     assert run(env).settings.scheduler == "tcp://mine:8786"
 
@@ -189,6 +189,52 @@ def test_dask_scheduler_address(env: Env) -> None:
 def test_invalid_dask_scheduler_address_names_the_flag(env: Env) -> None:
     env.set(DASK_SCHEDULER_ADDRESS="10.0.0.5:8786")
     assert settings_error(env).startswith("invalid setting --scheduler: ")
+
+
+@pytest.fixture
+def pem_files(tmp_path: Path) -> dict[str, Any]:
+    """Three files standing for a CA, a certificate and a key (settings only check they exist)."""
+    files = {}
+    for name in ("tls_ca_file", "tls_cert", "tls_key"):
+        path = tmp_path / f"{name}.pem"
+        path.write_text("-----BEGIN-----\n")
+        files[name] = str(path)
+    return files
+
+
+def test_tls_scheduler_with_its_files(env: Env, pem_files: dict[str, Any]) -> None:
+    settings = run(env, {"scheduler": "tls://10.0.0.5:8786", **pem_files}).settings
+    assert str(settings.tls_cert) == pem_files["tls_cert"]
+
+
+def test_tls_files_from_the_environment(env: Env, pem_files: dict[str, Any]) -> None:
+    env.set(**{f"MOUNTPROC_{k.upper()}": v for k, v in pem_files.items()})
+    env.set(DASK_SCHEDULER_ADDRESS="tls://10.0.0.5:8786")
+    assert str(run(env).settings.tls_key) == pem_files["tls_key"]
+
+
+def test_tls_scheduler_without_files_is_refused(env: Env) -> None:
+    """hospital data must not cross the network in clear text, nor a TLS connection fail late"""
+    env.set(DASK_SCHEDULER_ADDRESS="tls://10.0.0.5:8786")
+    assert "uses TLS: pass --tls-ca-file, --tls-cert and --tls-key" in settings_error(env)
+
+
+@pytest.mark.parametrize("left_out", ["tls_ca_file", "tls_cert", "tls_key"])
+def test_tls_files_come_as_three(env: Env, pem_files: dict[str, Any], left_out: str) -> None:
+    pem_files.pop(left_out)
+    message = settings_error(env, cli={"scheduler": "tls://h:1", **pem_files})
+    assert message.endswith(f"{'--' + left_out.replace('_', '-')} missing")
+
+
+def test_tls_files_with_a_plain_tcp_scheduler(env: Env, pem_files: dict[str, Any]) -> None:
+    message = settings_error(env, cli={"scheduler": "tcp://h:1", **pem_files})
+    assert "the scheduler address tcp://h:1 is not tls://" in message
+
+
+def test_missing_tls_file_is_named(env: Env, pem_files: dict[str, Any], tmp_path: Path) -> None:
+    pem_files["tls_key"] = str(tmp_path / "nope.pem")
+    message = settings_error(env, cli={"scheduler": "tls://h:1", **pem_files})
+    assert f"--tls-key {tmp_path / 'nope.pem'}: no such file" in message
 
 
 def test_empty_scheduler_means_none(env: Env) -> None:

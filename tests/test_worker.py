@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from mountproc import _worker
-from mountproc._errors import DiskFullError, JobSetupError, ScratchNotSharedError
+from mountproc._errors import DiskFullError, JobSetupError
 from mountproc._job import load_job, read_job_file
 from mountproc._metadata import write_results
 from mountproc._packaging import member_key
@@ -509,15 +509,17 @@ def _worker_check(tmp_path: Path, token: str) -> WorkerCheck:
     return WorkerCheck(str(tmp_path / "src"), report.view(), str(token_path), token, 5.0)
 
 
-def test_wrong_token_fails_before_any_transform(sick_ref: JobRef, tmp_path: Path) -> None:
-    """A worker that does not see the driver's scratch stops before its first file."""
+def test_a_worker_with_its_own_scratch_says_so(sick_ref: JobRef, tmp_path: Path) -> None:
+    """A worker that does not see the driver's token builds the tar in a scratch of its own
+    and marks the result, so that the driver copies the tar over."""
     make_tree(tmp_path / "src", {"a.txt": b"a"})
     check = _worker_check(tmp_path, f"wrong-{uuid.uuid4().hex}")
     spec = sick_spec(sick_ref, tmp_path, {"a.txt": b"a"}, check)
-    with pytest.raises(ScratchNotSharedError, match="is not shared with worker"):
-        run_shard(spec)
-    assert calls(tmp_path) == {}
-    assert not (Path(spec.work_dir) / spec.tar_name).exists()
+    result = run_shard(spec)
+    assert result.scratch_shared is False
+    assert result.files_ok == 1
+    assert Path(result.tar_path) == Path(spec.work_dir) / spec.tar_name
+    assert Path(result.tar_path).is_file()
 
 
 def test_worker_is_checked_once_per_run(sick_ref: JobRef, tmp_path: Path) -> None:
@@ -527,10 +529,10 @@ def test_worker_is_checked_once_per_run(sick_ref: JobRef, tmp_path: Path) -> Non
     check = _worker_check(tmp_path, token)
     Path(check.token_path).write_text(token)
     spec = sick_spec(sick_ref, tmp_path, {"a.txt": b"a"}, check)
-    assert run_shard(spec).files_ok == 1
-    Path(check.token_path).unlink()  # a second check would now fail
+    assert run_shard(spec).scratch_shared is True
+    Path(check.token_path).unlink()  # a second check would now find scratch not shared
     Path(spec.work_dir, spec.tar_name).unlink()
-    assert run_shard(spec).files_ok == 1
+    assert run_shard(spec).scratch_shared is True
     assert calls(tmp_path) == {"a.txt": 2}
 
 
