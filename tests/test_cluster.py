@@ -6,6 +6,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 from conftest import RESIZE_JOB, clean_env, run_cli, tar_digests
 from netfs import wait_until
+from tlscerts import Pem, issue, make_ca, openssl_available
 
 from mountproc._samples import make_sample_tree
 
@@ -24,9 +27,9 @@ pytestmark = pytest.mark.cluster
 DASK = [sys.executable, "-m", "dask"]  # the `dask` command of this interpreter
 
 
-def _start(cmd: list[str], cwd: Path) -> subprocess.Popen[bytes]:
+def _start(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        cmd, cwd=cwd, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cmd, cwd=cwd, env=clean_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
 
@@ -41,10 +44,12 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             proc.wait()
 
 
-def _start_scheduler(cwd: Path, procs: list[subprocess.Popen[bytes]]) -> str:
+def _start_scheduler(
+    cwd: Path, procs: list[subprocess.Popen[bytes]], extra: tuple[str, ...] = ()
+) -> str:
     """Start ``dask scheduler`` on 127.0.0.1 and a free port; return its address."""
     sched_file = cwd / "scheduler.json"
-    cmd = [*DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
+    cmd = [*DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", *extra]
     procs.append(_start([*cmd, "--scheduler-file", str(sched_file)], cwd))
     wait_until(
         lambda: sched_file.exists() and "address" in sched_file.read_text(),
@@ -213,3 +218,156 @@ def test_a_worker_that_sees_the_source_differently_stops_the_run(
     ), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "out").glob("*.tar"))
+
+
+def test_no_worker_within_worker_wait_is_one_clear_line(tmp_path: Path) -> None:
+    """A scheduler nobody joined: the run gives up after --worker-wait, saying how to fix it."""
+    src = tmp_path / "src"
+    make_sample_tree(src, count=12)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        address = _start_scheduler(tmp_path, procs)
+        start = time.monotonic()
+        proc = run_cli(
+            "run", RESIZE_JOB, "--source", src, "--outputs", tmp_path / "out",
+            "--scheduler", address, "--worker-wait", "2", cwd=tmp_path,
+        )  # fmt: skip
+        elapsed = time.monotonic() - start
+    finally:
+        _stop(procs)
+    assert proc.returncode == 1, proc.stderr
+    assert f"no worker joined the scheduler at {address} within 2 s" in proc.stderr
+    assert f"mountproc worker {address}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert elapsed < 30
+    assert not list((tmp_path / "out").glob("*.tar"))
+
+
+def _fake_distribution(directory: Path, version: str) -> Path:
+    """A directory that, first on a worker's PYTHONPATH, makes its installed mountproc report
+    ``version`` (what a machine with another release installed reports)."""
+    info = directory / f"mountproc-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: mountproc\nVersion: {version}\n")
+    return directory
+
+
+def test_a_worker_with_another_mountproc_version_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_sample_tree(src, count=12)
+    fake = _fake_distribution(tmp_path / "other-release", "9.9.9")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        address = _start_scheduler(tmp_path, procs)
+        procs.append(_start(_worker_cmd(address), tmp_path, {"PYTHONPATH": str(fake)}))
+        _wait_for_workers(address, 1)
+        proc = run_cli(
+            "run", RESIZE_JOB, "--source", src, "--outputs", tmp_path / "out",
+            "--scheduler", address, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        _stop(procs)
+    assert proc.returncode == 1, proc.stderr
+    assert re.search(
+        r"worker tcp://127\.0\.0\.1:\d+ runs mountproc 9\.9\.9, this machine ", proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "out").glob("*.tar"))
+
+
+@pytest.fixture
+def tls_cluster(tmp_path: Path) -> Iterator[tuple[str, Pem]]:
+    """A scheduler on tls:// with a certificate of a CA made here, one `dask worker` and one
+    `mountproc worker`, both presenting certificates of that CA; yields the address and the
+    client's certificate."""
+    if not openssl_available():
+        pytest.skip("needs the openssl command to make certificates")
+    ca = make_ca(tmp_path / "pki", "test-ca")
+    scheduler, worker, client = (issue(ca, name) for name in ("scheduler", "worker", "client"))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        address = _start_scheduler(elsewhere, procs, ("--protocol", "tls", *scheduler.cli()))
+        assert address.startswith("tls://127.0.0.1:")
+        procs.append(_start([*_worker_cmd(address), *worker.cli()], elsewhere))
+        mp_worker = [sys.executable, "-m", "mountproc", "worker", address, "--host", "127.0.0.1"]
+        procs.append(_start([*mp_worker, *worker.cli()], elsewhere))
+        yield address, client
+    finally:
+        _stop(procs)
+
+
+def test_tls_cluster_gives_the_same_tars_as_a_local_cluster(
+    tmp_path: Path, tls_cluster: tuple[str, Pem]
+) -> None:
+    address, client = tls_cluster
+    src = tmp_path / "src"
+    make_sample_tree(src, count=20)
+    common = ["run", RESIZE_JOB, "--source", src, "--shard-max-files", "6"]
+    assert run_cli(*common, "--outputs", tmp_path / "local", cwd=tmp_path).returncode == 0
+    out = tmp_path / "out"
+    proc = run_cli(*common, "--outputs", out, "--scheduler", address, *client.cli(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"connected to the Dask scheduler at {address}" in proc.stderr
+    assert "2 worker(s) see the source" in proc.stderr  # the dask worker and the mountproc one
+    assert len(tar_digests(out)) == 4
+    assert tar_digests(out) == tar_digests(tmp_path / "local")
+
+
+def test_tls_cluster_refuses_clients_without_a_certificate_of_its_ca(
+    tmp_path: Path, tls_cluster: tuple[str, Pem]
+) -> None:
+    address, client = tls_cluster
+    _wait_for_workers_tls(address, client, 2)
+    # a client that trusts the CA but shows no certificate of its own is cut off; the same
+    # client with its certificate is not (the control)
+    assert _refused(address, client, with_cert=False)
+    assert not _refused(address, client, with_cert=True)
+    # a certificate from another CA
+    stranger = issue(make_ca(tmp_path / "other-pki", "other-ca"), "stranger")
+    src = tmp_path / "src"
+    make_sample_tree(src, count=12)
+    run = ["run", RESIZE_JOB, "--source", src, "--outputs", tmp_path / "out"]
+    proc = run_cli(*run, "--scheduler", address, *stranger.cli(), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert f"cannot reach the Dask scheduler at {address}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # no certificate at all: refused before any connection
+    proc = run_cli(*run, "--scheduler", address, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "uses TLS: pass --tls-ca-file, --tls-cert and --tls-key" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _refused(address: str, pem: Pem, with_cert: bool) -> bool:
+    """Whether the scheduler at ``address`` ends a TLS connection whose client trusts the CA
+    and shows its certificate or not; a connection still open after 3 s was accepted."""
+    host, port = address.removeprefix("tls://").rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=str(pem.ca_file))
+    ctx.check_hostname = False
+    if with_cert:
+        ctx.load_cert_chain(str(pem.cert), str(pem.key))
+    try:
+        with (
+            socket.create_connection((host, int(port)), timeout=3) as raw,
+            ctx.wrap_socket(raw, server_hostname=host) as conn,
+        ):
+            conn.sendall(b"\0" * 8)  # TLS 1.3: the server's verdict comes with the reply
+            return conn.recv(1) == b""
+    except TimeoutError:
+        return False
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return True
+
+
+def _wait_for_workers_tls(address: str, pem: Pem, n: int) -> None:
+    from distributed import Client
+    from distributed.security import Security
+
+    security = Security(
+        tls_ca_file=str(pem.ca_file), tls_client_cert=str(pem.cert),
+        tls_client_key=str(pem.key), require_encryption=True,
+    )  # fmt: skip
+    with Client(address, timeout=30, security=security) as client:
+        client.wait_for_workers(n, timeout=60)
