@@ -329,6 +329,54 @@ def _print_settings(resolved: ResolvedRun) -> None:
         click.echo(f"{'  --' + key:<22} = {value}")
 
 
+@main.command("yaml")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--step-name", help="Name of the step (default: the job's name).")
+@click.option("--image", default="python:3.11", show_default=True, help="Docker image.")
+@click.option(
+    "--install",
+    default=f"pip install mountproc=={__version__}",
+    show_default=True,
+    help="The step's first command: how mountproc gets installed.",
+)
+@click.option(
+    "--mount-source",
+    default="nfs-server.internal:/share",
+    show_default=True,
+    help="The NFS export of the source: SERVER:/EXPORT (on-prem NFS), "
+    "fs-ID.efs.REGION.amazonaws.com:/ (AWS EFS) or IP:/SHARE (GCP Filestore).",
+)
+@click.option(
+    "--distributed",
+    type=click.IntRange(2),
+    help="Also a distributed step and a task that runs it on this many machines.",
+)
+def yaml_(
+    job_file: str,
+    step_name: str | None,
+    image: str,
+    install: str,
+    mount_source: str,
+    distributed: int | None,
+) -> None:
+    """Print a valohai.yaml step for JOB_FILE: its settings and typed job parameters become
+    Valohai parameters, the source an NFS mount, read-only.
+
+    \b
+    Examples:
+      mountproc yaml jobs/resize_images.py > valohai.yaml
+      mountproc yaml jobs/resize_images.py --mount-source 10.0.0.2:/share --distributed 4
+    """
+    from mountproc._steps import StepOptions, render, valohai_config
+
+    def action() -> None:
+        job = load_job(read_job_file(job_file))
+        opts = StepOptions(job_file, step_name, image, install, mount_source, distributed or 0)
+        click.echo(render(valohai_config(job, opts)), nl=False)
+
+    _guarded(action)
+
+
 @main.command("sample-data")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--count", type=click.IntRange(1), default=48, show_default=True)
