@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import RESIZE_JOB, clean_env, run_cli, tar_digests
+from tlscerts import issue, make_ca, openssl_available
 
 from mountproc._errors import SettingsError
 from mountproc._samples import make_sample_tree
@@ -122,13 +123,24 @@ def _free_port() -> int:
 
 @pytest.mark.mount
 @pytest.mark.cluster
-def test_three_member_task_publishes_only_on_the_primary(tmp_path: Path, bind_mount: Any) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_three_member_task_publishes_only_on_the_primary(
+    tmp_path: Path, bind_mount: Any, tls: bool
+) -> None:
     """Three members on 127.0.0.1, each with its own config dir, outputs and VH_DIST_*
     environment. The two others run in mount namespaces of their own, where a tmpfs hides the
     primary's directory, as on separate machines. The task completes, every member exits 0,
-    and the primary's tars are byte-identical to a single-machine run's."""
+    and the primary's tars are byte-identical to a single-machine run's. With TLS files in
+    every member's environment, the members speak tls:// only."""
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare to give the other members a file system view of their own")
+    tls_env = {}
+    if tls:
+        if not openssl_available():
+            pytest.skip("needs the openssl command to make certificates")
+        pem = issue(make_ca(tmp_path / "pki", "task-ca"), "member")
+        tls_env = {"MOUNTPROC_TLS_CA_FILE": str(pem.ca_file), "MOUNTPROC_TLS_CERT": str(pem.cert),
+                   "MOUNTPROC_TLS_KEY": str(pem.key)}  # fmt: skip
     data = tmp_path / "data"
     make_sample_tree(data, count=24)
     src = bind_mount(data, tmp_path / "mnt" / "raw-images", readonly=True)
@@ -153,6 +165,7 @@ def test_three_member_task_publishes_only_on_the_primary(tmp_path: Path, bind_mo
                 "VH_LOCAL_IP": "127.0.0.1",
                 "MOUNTPROC_SCHEDULER_PORT": str(port),
                 "MOUNTPROC_WORKERS": "1",
+                **tls_env,
             }
         )
     cmd = [sys.executable, "-m", "mountproc", *common]
@@ -180,11 +193,13 @@ def test_three_member_task_publishes_only_on_the_primary(tmp_path: Path, bind_mo
                 p.kill()
                 p.wait()
     assert primary.returncode == 0, primary.stderr
+    scheme = "tls" if tls else "tcp"
+    assert f"scheduler for the other members at {scheme}://127.0.0.1:{port}" in primary.stderr
     assert "every member joined: 1, 2" in primary.stderr
     assert "2 worker(s) cannot see this machine's scratch" in primary.stderr
     for p, (_, err) in zip(others, ends, strict=True):
         assert p.returncode == 0, err
-        assert "joining the primary member 0 at tcp://127.0.0.1:" in err
+        assert f"joining the primary member 0 at {scheme}://127.0.0.1:{port}" in err
     assert len(tar_digests(single)) == 6
     assert tar_digests(home["0"] / "outputs") == tar_digests(single)
     for i in ("1", "2"):
