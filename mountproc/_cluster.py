@@ -324,6 +324,12 @@ def check_workers(client: Client, check: WorkerCheck) -> None:
         outcome = outcomes[worker]
         if isinstance(outcome, MountprocError):
             raise outcome
+        # the check cannot even be unpickled there: distributed wraps that error as text
+        if isinstance(outcome, BaseException) and "No module named 'mountproc'" in str(outcome):
+            raise ClusterError(
+                f"worker {worker} cannot import mountproc: install mountproc on every worker "
+                "(the same version as this machine; the job file itself travels with the run)"
+            )
         if isinstance(outcome, BaseException):
             raise ClusterError(
                 f"cannot check worker {worker}: {type(outcome).__name__}: {outcome}; "

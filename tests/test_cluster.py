@@ -10,6 +10,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import sysconfig
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -371,3 +372,47 @@ def _wait_for_workers_tls(address: str, pem: Pem, n: int) -> None:
     )  # fmt: skip
     with Client(address, timeout=30, security=security) as client:
         client.wait_for_workers(n, timeout=60)
+
+
+def _python_without_mountproc(venv: Path) -> Path:
+    """A virtualenv that sees this interpreter's packages (dask, distributed...) through a plain
+    path entry, which does not run the editable install's import hook: mountproc's metadata is
+    there, but ``import mountproc`` fails, as on a worker where mountproc is not installed."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    (Path(site) / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def test_a_worker_without_mountproc_is_named(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_sample_tree(src, count=12)
+    python = _python_without_mountproc(tmp_path / "venv")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    probe = subprocess.run(
+        [str(python), "-c", "import dask, distributed, mountproc"], cwd=elsewhere,
+        env=clean_env(), capture_output=True, text=True,
+    )  # fmt: skip
+    if "No module named 'mountproc'" not in probe.stderr:
+        pytest.skip(f"mountproc is not an editable install here: {probe.stderr[-200:]!r}")
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        address = _start_scheduler(elsewhere, procs)
+        worker = [str(python), *_worker_cmd(address)[1:]]
+        procs.append(_start(worker, elsewhere))
+        _wait_for_workers(address, 1)
+        proc = run_cli(
+            "run", RESIZE_JOB, "--source", src, "--outputs", tmp_path / "out",
+            "--scheduler", address, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        _stop(procs)
+    assert proc.returncode == 1, proc.stderr
+    assert re.search(r"worker tcp://127\.0\.0\.1:\d+ cannot import mountproc: install", proc.stderr)
+    assert "Traceback" not in proc.stderr
+    assert not list((tmp_path / "out").glob("*.tar"))
