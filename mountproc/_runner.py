@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -131,8 +132,10 @@ def preflight(job: Job, run: ResolvedRun) -> Preflight:
 
 def check_cluster(job: Job, run: ResolvedRun, checked: Preflight) -> int:
     """Connect to ``--scheduler`` and check every worker's view of the mounts; return how many
-    workers were checked. Writes only a token file in scratch, removed again."""
+    workers were checked. Writes only a token file in scratch, removed again with the
+    directories made for it."""
     paths = RunPaths(run, job)
+    made = [d for d in (paths.root, *paths.root.parents) if not d.exists()]
     paths.root.mkdir(parents=True, exist_ok=True)
     check = _worker_check(run, paths, checked.mount)
     try:
@@ -141,6 +144,9 @@ def check_cluster(job: Job, run: ResolvedRun, checked: Preflight) -> int:
             return _cluster.worker_count(client)
     finally:
         Path(check.token_path).unlink(missing_ok=True)
+        for directory in made:  # deepest first; a worker may have written there meanwhile
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def cluster_options(run: ResolvedRun) -> _cluster.ClusterOptions:
