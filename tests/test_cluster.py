@@ -12,7 +12,7 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -244,6 +244,28 @@ def test_no_worker_within_worker_wait_is_one_clear_line(tmp_path: Path) -> None:
     assert not list((tmp_path / "out").glob("*.tar"))
 
 
+def _run_with_one_worker(
+    tmp_path: Path,
+    src: Path,
+    worker: Callable[[str], list[str]],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Start a scheduler and the one worker ``worker(address)`` (from ``cwd``, with ``env``),
+    then run the example job on it into tmp_path/out."""
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        address = _start_scheduler(cwd, procs)
+        procs.append(_start(worker(address), cwd, env))
+        _wait_for_workers(address, 1)
+        return run_cli(
+            "run", RESIZE_JOB, "--source", src, "--outputs", tmp_path / "out",
+            "--scheduler", address, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        _stop(procs)
+
+
 def _fake_distribution(directory: Path, version: str) -> Path:
     """A directory that, first on a worker's PYTHONPATH, makes its installed mountproc report
     ``version`` (what a machine with another release installed reports)."""
@@ -257,17 +279,9 @@ def test_a_worker_with_another_mountproc_version_is_refused(tmp_path: Path) -> N
     src = tmp_path / "src"
     make_sample_tree(src, count=12)
     fake = _fake_distribution(tmp_path / "other-release", "9.9.9")
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        address = _start_scheduler(tmp_path, procs)
-        procs.append(_start(_worker_cmd(address), tmp_path, {"PYTHONPATH": str(fake)}))
-        _wait_for_workers(address, 1)
-        proc = run_cli(
-            "run", RESIZE_JOB, "--source", src, "--outputs", tmp_path / "out",
-            "--scheduler", address, cwd=tmp_path,
-        )  # fmt: skip
-    finally:
-        _stop(procs)
+    proc = _run_with_one_worker(
+        tmp_path, src, lambda address: _worker_cmd(address), tmp_path, {"PYTHONPATH": str(fake)}
+    )
     assert proc.returncode == 1, proc.stderr
     assert re.search(
         r"worker tcp://127\.0\.0\.1:\d+ runs mountproc 9\.9\.9, this machine ", proc.stderr
@@ -400,18 +414,9 @@ def test_a_worker_without_mountproc_is_named(tmp_path: Path) -> None:
     )  # fmt: skip
     if "No module named 'mountproc'" not in probe.stderr:
         pytest.skip(f"mountproc is not an editable install here: {probe.stderr[-200:]!r}")
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        address = _start_scheduler(elsewhere, procs)
-        worker = [str(python), *_worker_cmd(address)[1:]]
-        procs.append(_start(worker, elsewhere))
-        _wait_for_workers(address, 1)
-        proc = run_cli(
-            "run", RESIZE_JOB, "--source", src, "--outputs", tmp_path / "out",
-            "--scheduler", address, cwd=tmp_path,
-        )  # fmt: skip
-    finally:
-        _stop(procs)
+    proc = _run_with_one_worker(
+        tmp_path, src, lambda address: [str(python), *_worker_cmd(address)[1:]], elsewhere
+    )
     assert proc.returncode == 1, proc.stderr
     assert re.search(r"worker tcp://127\.0\.0\.1:\d+ cannot import mountproc: install", proc.stderr)
     assert "Traceback" not in proc.stderr
