@@ -18,9 +18,10 @@ from typing import Any, NoReturn
 import click
 
 from mountproc import __version__
-from mountproc._cluster import TlsFiles, left_stuck_processes, worker_command
+from mountproc._cluster import TlsFiles, worker_command
 from mountproc._errors import FailureBudgetExceeded, MountprocError, SettingsError
 from mountproc._job import Job, load_job, read_job_file
+from mountproc._mounts import left_stuck
 from mountproc._preflight import human_bytes
 from mountproc._runner import Preflight, check_cluster, join_as_member, preflight, run_job
 from mountproc._settings import ResolvedRun, resolve
@@ -87,6 +88,23 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "worker-wait",
             type=float,
             help="Seconds to wait for workers to join an existing scheduler (default 60).",
+        ),
+        _opt(
+            "scheduler-port",
+            type=int,
+            help="Port of the scheduler a Valohai distributed task's primary starts (8786).",
+        ),
+        _opt(
+            "crawl",
+            type=click.Choice(["auto", "driver", "cluster"]),
+            help="Where the tree is listed: here, or on the cluster's workers (auto: on the "
+            "workers of an existing or distributed cluster).",
+        ),
+        _opt(
+            "crawl-threads",
+            type=int,
+            help="Threads that list the tree here (default: 16 on a network file system, "
+            "1 on a local disk).",
         ),
         _opt("dataset", help="Valohai dataset version: dataset://NAME/VERSION."),
         _opt("dataset-from", help="Base the dataset version on this one (dataset://NAME/VERSION)."),
@@ -477,7 +495,7 @@ def _guarded(action: Callable[[], None]) -> None:
 def _exit(code: int) -> None:
     """Exit with ``code``; skip the interpreter's shutdown, which would wait forever, when a
     worker process blocked on a hung mount could not be stopped."""
-    if left_stuck_processes():
+    if left_stuck():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

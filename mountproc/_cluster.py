@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from distributed import LocalCluster, as_completed, get_worker
 from distributed.security import Security
 
 from mountproc._errors import ClusterError, MountprocError
+from mountproc._mounts import note_stuck
 from mountproc._packaging import read_chunk, remove_file
 from mountproc._preflight import check_worker
 from mountproc._records import WorkerCheck
@@ -162,27 +164,18 @@ def worker_command(
     return cmd
 
 
-_STUCK: list[str] = []
-
-
 def _close(cluster: LocalCluster) -> None:
     """Close the local cluster, but not forever: a worker blocked in the kernel on a hung mount
     (a FUSE request its daemon will never answer) cannot be killed until the mount answers."""
     try:
         cluster.close(timeout=CLOSE_TIMEOUT_S)
     except (TimeoutError, OSError) as exc:
-        _STUCK.append(str(exc) or type(exc).__name__)
+        note_stuck(f"a local Dask worker ({exc or type(exc).__name__})")
         log.warning(
             "a local Dask worker did not stop within %d s (a process blocked on a hung mount "
             "cannot be killed until the mount answers); leaving it behind",
             CLOSE_TIMEOUT_S,
         )
-
-
-def left_stuck_processes() -> bool:
-    """True if a cluster of this process could not be stopped: exit with ``os._exit`` then,
-    since interpreter shutdown would wait for its processes forever."""
-    return bool(_STUCK)
 
 
 @contextmanager
@@ -376,6 +369,13 @@ def _on(client: Client, worker: str, fn: Callable[..., R], *args: Any) -> R:
             "have left the cluster)"
         ) from None
     return result
+
+
+def executor(client: Client) -> Executor:
+    """The cluster as a ``concurrent.futures.Executor`` for work whose results are not cached:
+    each call reads a live file system, so no key needs hashing (``pure=False``)."""
+    pool: Executor = client.get_executor(pure=False)
+    return pool
 
 
 def worker_count(client: Client) -> int:

@@ -304,3 +304,18 @@ def service(mount: MountInfo) -> str | None:
         # amazon-efs-utils' TLS mounts go through a local stunnel on a port of its own
         return "nfs over a local TLS tunnel (aws-efs with tls)"
     return None
+
+
+_STUCK: list[str] = []
+
+
+def note_stuck(what: str) -> None:
+    """Remember that a process or thread of this run is blocked on a hung mount: it cannot be
+    stopped until the mount answers, so the process must exit without waiting for it."""
+    _STUCK.append(what)
+
+
+def left_stuck() -> bool:
+    """True once something was noted stuck: exit with ``os._exit`` then, since interpreter
+    shutdown would wait for it forever."""
+    return bool(_STUCK)

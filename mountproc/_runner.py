@@ -9,6 +9,8 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -22,7 +24,7 @@ from mountproc._errors import (
 )
 from mountproc._job import Job
 from mountproc._listing import Patterns, write_listing
-from mountproc._mounts import DISK_FULL_ERRNOS, show
+from mountproc._mounts import DISK_FULL_ERRNOS, note_stuck, show
 from mountproc._packaging import publish
 from mountproc._preflight import DirReport, MountReport, check_output_dir, check_source
 from mountproc._records import (
@@ -43,6 +45,9 @@ from mountproc._worker import run_shard
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
+CRAWL_THREADS = 16
+"""Threads that list a network file system from the driver: each READDIR or stat is a round
+trip, which threads overlap."""
 TEST_MODE_TAG = "mountproc-test-mode"
 
 
@@ -201,16 +206,19 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
     checked = preflight(job, run)
     paths = RunPaths(run, job)
     begun = begin(paths, run, ref)
-    plan, entries = begun.plan or _plan(job, run, paths, begun.state)
-    tally = Tally(plan.shards, plan.files, skipped=entries - plan.files)
-    tally.reuse(begun.finished)
     s = run.settings
     stop: BaseException | None = None
-    with _cluster.open_cluster(cluster_options(run)) as client:
+    with ExitStack() as stack:
+        client = check = None
+        if begun.plan is None and _crawl_on_cluster(run):  # the workers list the tree too
+            client, check = _connect(stack, run, paths, checked.mount)
+        plan, entries = begun.plan or _plan(job, run, paths, begun.state, checked.mount, client)
+        tally = Tally(plan.shards, plan.files, skipped=entries - plan.files)
+        tally.reuse(begun.finished)
+        if client is None or check is None:
+            client, check = _connect(stack, run, paths, checked.mount)
         remove_published(begun.replaced)
         paths.outputs.mkdir(parents=True, exist_ok=True)
-        check = _worker_check(run, paths, checked.mount)
-        _cluster.check_workers(client, check)
         specs = _specs(job, ref, run, paths, check, set(begun.finished))
         try:
             _execute(client, run, paths, specs, tally, progress)
@@ -258,10 +266,64 @@ def _worker_check(run: ResolvedRun, paths: RunPaths, mount: MountReport) -> Work
     return WorkerCheck(str(run.source), view, str(token_path), token, run.settings.mount_timeout)
 
 
-def _plan(job: Job, run: ResolvedRun, paths: RunPaths, state: dict[str, Any]) -> tuple[Plan, int]:
+def _connect(
+    stack: ExitStack, run: ResolvedRun, paths: RunPaths, mount: MountReport
+) -> tuple[_cluster.Client, WorkerCheck]:
+    """Start or reach the cluster (closed with ``stack``) and check every worker's view."""
+    client = stack.enter_context(_cluster.open_cluster(cluster_options(run)))
+    check = _worker_check(run, paths, mount)
+    _cluster.check_workers(client, check)
+    return client, check
+
+
+def _crawl_on_cluster(run: ResolvedRun) -> bool:
+    """List the tree on the cluster's workers: asked for, or (auto) on a cluster of several
+    machines, whose NFS clients together issue more READDIRs at once than the driver's."""
+    s = run.settings
+    if s.crawl == "auto":
+        return bool(s.scheduler or run.distributed)
+    return s.crawl == "cluster"
+
+
+@contextmanager
+def _lister(
+    run: ResolvedRun, mount: MountReport, client: _cluster.Client | None
+) -> Iterator[Executor | None]:
+    """Where the crawl's directory tasks run: the cluster, threads, or (None) serially here."""
+    if client is not None:
+        log.info("listing the source on the cluster's workers")
+        yield _cluster.executor(client)
+        return
+    threads = run.settings.crawl_threads or (1 if mount.kind == "local" else CRAWL_THREADS)
+    if threads <= 1:  # on a local disk a serial crawl is fastest (the GIL, no round trips)
+        yield None
+        return
+    log.info("listing the source with %d threads (a %s file system)", threads, mount.kind)
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="mountproc-list")
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        if any(t.name.startswith("mountproc-list") for t in threading.enumerate()):
+            note_stuck("a listing thread")  # blocked on a hung mount: never joined
+
+
+def _plan(
+    job: Job,
+    run: ResolvedRun,
+    paths: RunPaths,
+    state: dict[str, Any],
+    mount: MountReport,
+    client: _cluster.Client | None,
+) -> tuple[Plan, int]:
     patterns = Patterns(job.include, job.exclude)
-    with SourceWatch(run.source, run.settings.mount_timeout, "the listing") as watch:
-        stats = watch.run(lambda: write_listing(run.source, patterns, paths.listing, watch.probe))
+    with (
+        SourceWatch(run.source, run.settings.mount_timeout, "the listing") as watch,
+        _lister(run, mount, client) as executor,
+    ):
+        stats = watch.run(
+            lambda: write_listing(run.source, patterns, paths.listing, watch.probe, executor)
+        )
     subset = test_subset(paths.listing, run.settings.test_size) if run.settings.test_mode else None
     bounds = ShardBounds(run.settings.shard_max_files, int(run.settings.shard_max_bytes))
     plan = write_plan(paths.listing, paths.plan, bounds, subset)

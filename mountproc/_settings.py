@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -94,6 +94,8 @@ class RunSettings(BaseSettings):
     tls_key: Path | None = None
     worker_wait: float = Field(60.0, gt=0)
     scheduler_port: int = Field(8786, ge=0, le=65535)
+    crawl: Literal["auto", "driver", "cluster"] = "auto"
+    crawl_threads: int | None = Field(None, ge=1)
     dataset: str | None = None
     dataset_from: str | None = None
     dataset_start_fresh: bool = False

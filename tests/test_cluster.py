@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RESIZE_JOB, clean_env, run_cli, tar_digests
+from conftest import RESIZE_JOB, clean_env, read_manifest, run_cli, tar_digests
 from netfs import wait_until
 from tlscerts import Pem, issue, make_ca, openssl_available
 
@@ -421,3 +421,60 @@ def test_a_worker_without_mountproc_is_named(tmp_path: Path) -> None:
     assert re.search(r"worker tcp://127\.0\.0\.1:\d+ cannot import mountproc: install", proc.stderr)
     assert "Traceback" not in proc.stderr
     assert not list((tmp_path / "out").glob("*.tar"))
+
+
+SIZE_JOB = """
+from mountproc import Job
+
+job = Job(name="sizes", include=["*.jpg", "*.png", "*.txt"])
+
+@job.transform
+def size(src, ctx):
+    return {"txt": str(src.size)}
+"""
+
+
+def _wide_tree(root: Path) -> None:
+    """Real images in nested directories, a flat directory large enough for the crawl to
+    classify it in chunks, skipped entries (a FIFO, a symlink, unselected files) and a
+    non-UTF-8 name."""
+    make_sample_tree(root, count=16)
+    flat = root / "flat"
+    flat.mkdir()
+    for i in range(2_600):
+        (flat / f"n{i:05d}.{'txt' if i % 5 else 'dat'}").write_text(str(i))
+    for d in range(30):
+        sub = root / "deep" / f"d{d:02d}" / "x.y"
+        sub.mkdir(parents=True)
+        (sub / "one.txt").write_text("1")
+    os.mkfifo(root / "deep" / "pipe.txt")
+    os.symlink(root / "flat" / "n00001.txt", root / "deep" / "link.txt")
+    (root / os.fsdecode(b"caf\xe9.txt")).write_text("latin-1 name")
+
+
+def test_crawl_on_the_workers_gives_the_manifest_of_a_serial_crawl(
+    tmp_path: Path, dask_cluster: str
+) -> None:
+    """Listing fanned out over the cluster's workers (the default with --scheduler), and over
+    threads on the driver, gives the same manifest and tars as the serial crawl."""
+    src = tmp_path / "src"
+    _wide_tree(src)
+    (tmp_path / "sizes_job.py").write_text(SIZE_JOB)
+    common = ["run", "sizes_job.py", "--source", src, "--shard-max-files", "500"]
+    serial = run_cli(*common, "--outputs", tmp_path / "serial", "--crawl-threads", "1",
+                     cwd=tmp_path)  # fmt: skip
+    assert serial.returncode == 0, serial.stderr
+    assert "listing the source with" not in serial.stderr
+    threads = run_cli(*common, "--outputs", tmp_path / "threads", "--crawl-threads", "8",
+                      cwd=tmp_path)  # fmt: skip
+    assert threads.returncode == 0, threads.stderr
+    assert "listing the source with 8 threads" in threads.stderr
+    cluster = run_cli(*common, "--outputs", tmp_path / "cluster", "--scheduler", dask_cluster,
+                      cwd=tmp_path)  # fmt: skip
+    assert cluster.returncode == 0, cluster.stderr
+    assert "listing the source on the cluster's workers" in cluster.stderr
+    expected = read_manifest(tmp_path / "serial", "sizes")
+    assert len(expected) == 16 + 2_600 + 30 + 3
+    for name in ("threads", "cluster"):
+        assert read_manifest(tmp_path / name, "sizes") == expected, name
+        assert tar_digests(tmp_path / name) == tar_digests(tmp_path / "serial"), name
