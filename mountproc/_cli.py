@@ -389,7 +389,17 @@ def yaml_(
 
     def action() -> None:
         job = load_job(read_job_file(job_file))
-        opts = StepOptions(job_file, step_name, image, install, mount_source, distributed or 0)
+        # Valohai runs the command from the repository root: name the file relative to it
+        where = Path(job_file).absolute()
+        in_repo = where.is_relative_to(Path.cwd())
+        shown = where.relative_to(Path.cwd()).as_posix() if in_repo else job_file
+        if not in_repo:
+            log.warning(
+                "%s is outside this directory: the step names it as given, but Valohai runs "
+                "the step from the repository root; run mountproc yaml from there",
+                job_file,
+            )
+        opts = StepOptions(shown, step_name, image, install, mount_source, distributed or 0)
         click.echo(render(valohai_config(job, opts)), nl=False)
 
     _guarded(action)

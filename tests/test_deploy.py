@@ -256,3 +256,11 @@ def test_a_parameter_valohai_cannot_carry_is_one_clear_error(tmp_path: Path) -> 
         proc.stderr
     )
     assert "Traceback" not in proc.stderr
+
+
+def test_the_step_names_the_job_file_relative_to_the_repository_root() -> None:
+    """Valohai runs the command from the repository root: an absolute path of this machine
+    would not exist there."""
+    text = _mountproc_yaml("yaml", str(REPO / "jobs" / "resize_images.py"))
+    (step,) = valohai_yaml.parse(text).steps.values()
+    assert step.command[1] == "mountproc run jobs/resize_images.py {parameters}"
