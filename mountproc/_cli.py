@@ -22,9 +22,10 @@ from mountproc._cluster import TlsFiles, worker_command
 from mountproc._errors import FailureBudgetExceeded, MountprocError, SettingsError
 from mountproc._job import Job, load_job, read_job_file
 from mountproc._mounts import left_stuck
+from mountproc._placement import member_command
 from mountproc._preflight import human_bytes
-from mountproc._runner import Preflight, check_cluster, join_as_member, preflight, run_job
-from mountproc._settings import ResolvedRun, resolve
+from mountproc._runner import Preflight, check_cluster, preflight, preflight_source, run_job
+from mountproc._settings import ResolvedRun, check_tls, resolve
 
 log = logging.getLogger("mountproc")
 
@@ -210,8 +211,9 @@ def run(ctx: click.Context, /, job_file: str, **values: Any) -> None:
     def action() -> None:
         ref, job, resolved = _load(job_file, ctx, values)
         task = resolved.distributed
-        if task is not None and not task.is_primary:
-            _become(join_as_member(job, resolved))
+        if task is not None and not task.is_primary:  # a worker of the primary's cluster
+            preflight_source(job, resolved)
+            _become(member_command(resolved))
         report = run_job(job, ref, resolved, progress=_Progress())
         _print_summary(report.summary, resolved)
         if not report.within_budget:
@@ -277,18 +279,12 @@ def worker(
     """
 
     def action() -> None:
-        files = (tls_ca_file, tls_cert, tls_key)
-        if any(files) and not all(files):
-            raise SettingsError("TLS needs --tls-ca-file, --tls-cert and --tls-key together")
-        if scheduler.startswith("tls://") and not all(files):
-            raise SettingsError(
-                f"the scheduler {scheduler} uses TLS: pass --tls-ca-file, --tls-cert, --tls-key"
-            )
-        tls = (
-            TlsFiles(tls_ca_file, tls_cert, tls_key)
-            if tls_ca_file and tls_cert and tls_key
-            else None
-        )
+        ca, cert, key = (Path(p) if p else None for p in (tls_ca_file, tls_cert, tls_key))
+        try:
+            secure = check_tls(ca, cert, key, scheduler)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        tls = TlsFiles(str(tls_ca_file), str(tls_cert), str(tls_key)) if secure else None
         _become(worker_command(scheduler, nworkers, nthreads, name, tls, host, death_timeout))
 
     _guarded(action)

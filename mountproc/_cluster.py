@@ -3,6 +3,8 @@ tasks over it. The only module that imports ``distributed``."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -35,6 +37,7 @@ R = TypeVar("R")
 CONNECT_TIMEOUT_S = 15
 FETCH_CHUNK_BYTES = 16 << 20
 FETCH_TIMEOUT_S = 300
+FETCH_POLL_S = 2.0  # how often a copy checks that its worker is still there
 CLOSE_TIMEOUT_S = 20
 MATCHING_PACKAGES = ("mountproc", "dask", "distributed", "cloudpickle", "msgpack")
 """Packages whose versions must be the same on the driver and every worker: shards, results
@@ -94,7 +97,8 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
             scheduler_port=opts.port,
             security=opts.tls.security() if opts.tls else None,
             protocol="tls://" if opts.tls else None,
-            dashboard_address=":0",  # a free port: never collide with another cluster
+            # a free port (never collide with another cluster), on this machine's address only
+            dashboard_address=f"{opts.host or '127.0.0.1'}:0",
             silence_logs=logging.CRITICAL,  # mountproc reports task failures itself
         )
     except Exception as exc:
@@ -123,7 +127,8 @@ def _wait_for_members(client: Client, members: tuple[str, ...], timeout: float) 
     """Wait until a worker of every member machine has joined."""
     deadline = time.monotonic() + timeout
     while True:
-        names = [str(w.get("name")) for w in client.scheduler_info()["workers"].values()]
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        names = [str(w.get("name")) for w in workers.values()]
         missing = [
             m
             for m in members
@@ -358,17 +363,27 @@ def fetch_file(client: Client, worker: str, remote: str, local: Path) -> tuple[s
 
 
 def _on(client: Client, worker: str, fn: Callable[..., R], *args: Any) -> R:
-    """Run ``fn`` on that very worker (it holds the file), within a time limit."""
+    """Run ``fn`` on that very worker (it holds the file); fail at once if it leaves."""
     fut = client.submit(fn, *args, workers=[worker], allow_other_workers=False, pure=False)
-    try:
-        result: R = fut.result(timeout=FETCH_TIMEOUT_S)
-    except TimeoutError:
-        fut.cancel()
-        raise ClusterError(
-            f"worker {worker} did not hand over {args[0]} within {FETCH_TIMEOUT_S} s (it may "
-            "have left the cluster)"
-        ) from None
-    return result
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
+    while True:
+        try:
+            result: R = fut.result(timeout=FETCH_POLL_S)
+            return result
+        except (TimeoutError, asyncio.TimeoutError):  # distinct types before Python 3.11
+            pass
+        gone = worker not in client.scheduler_info(n_workers=-1)["workers"]
+        if gone or time.monotonic() > deadline:
+            fut.cancel()
+            why = "left the cluster" if gone else f"did not answer within {FETCH_TIMEOUT_S} s"
+            raise ClusterError(f"worker {worker} {why} before handing over {args[0]}")
+
+
+def forget_file(client: Client, worker: str, path: str) -> None:
+    """Delete ``path`` on ``worker`` if it is still there to do it (best effort)."""
+    with contextlib.suppress(Exception):
+        if worker in client.scheduler_info(n_workers=-1)["workers"]:
+            _on(client, worker, remove_file, path)
 
 
 def executor(client: Client) -> Executor:
@@ -380,4 +395,4 @@ def executor(client: Client) -> Executor:
 
 def worker_count(client: Client) -> int:
     """How many workers the scheduler knows now."""
-    return len(client.scheduler_info().get("workers", {}))
+    return len(client.scheduler_info(n_workers=-1).get("workers", {}))

@@ -9,14 +9,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from mountproc import _cluster, _metadata
+from mountproc import _cluster, _metadata, _placement
 from mountproc._errors import (
     DiskFullError,
     MountError,
@@ -24,7 +23,7 @@ from mountproc._errors import (
 )
 from mountproc._job import Job
 from mountproc._listing import Patterns, write_listing
-from mountproc._mounts import DISK_FULL_ERRNOS, note_stuck, show
+from mountproc._mounts import DISK_FULL_ERRNOS, show
 from mountproc._packaging import publish
 from mountproc._preflight import DirReport, MountReport, check_output_dir, check_source
 from mountproc._records import (
@@ -45,9 +44,7 @@ from mountproc._worker import run_shard
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
-CRAWL_THREADS = 16
-"""Threads that list a network file system from the driver: each READDIR or stat is a round
-trip, which threads overlap."""
+T = TypeVar("T")
 TEST_MODE_TAG = "mountproc-test-mode"
 
 
@@ -144,7 +141,7 @@ def check_cluster(job: Job, run: ResolvedRun, checked: Preflight) -> int:
     paths.root.mkdir(parents=True, exist_ok=True)
     check = _worker_check(run, paths, checked.mount)
     try:
-        with _cluster.open_cluster(cluster_options(run)) as client:
+        with _cluster.open_cluster(_placement.cluster_options(run)) as client:
             _cluster.check_workers(client, check)
             return _cluster.worker_count(client)
     finally:
@@ -152,47 +149,6 @@ def check_cluster(job: Job, run: ResolvedRun, checked: Preflight) -> int:
         for directory in made:  # deepest first; a worker may have written there meanwhile
             with contextlib.suppress(OSError):
                 directory.rmdir()
-
-
-def cluster_options(run: ResolvedRun) -> _cluster.ClusterOptions:
-    """Which cluster the settings ask for."""
-    s = run.settings
-    tls = None
-    if s.tls_ca_file and s.tls_cert and s.tls_key:
-        tls = _cluster.TlsFiles(str(s.tls_ca_file), str(s.tls_cert), str(s.tls_key))
-    opts = _cluster.ClusterOptions(s.scheduler, s.workers, s.threads_per_worker, tls, s.worker_wait)
-    task = run.distributed
-    if task is None:
-        return opts
-    return replace(opts, host=task.primary_ip, port=s.scheduler_port, members=task.others)
-
-
-def join_as_member(job: Job, run: ResolvedRun) -> list[str]:
-    """On a member of a Valohai distributed task other than the primary: check the source
-    mount, then return the worker command that joins the primary's scheduler (it exits when
-    the primary closes it). Nothing is written to this member's outputs."""
-    task = run.distributed
-    assert task is not None
-    assert not task.is_primary
-    preflight_source(job, run)
-    s = run.settings
-    opts = cluster_options(run)
-    address = f"{'tls' if opts.tls else 'tcp'}://{task.primary_ip}:{s.scheduler_port}"
-    log.info(
-        "member %s of a distributed task: joining the primary member %s at %s as a worker",
-        task.member_id,
-        task.member_ids[0],
-        address,
-    )
-    return _cluster.worker_command(
-        address,
-        s.workers or os.cpu_count() or 1,
-        s.threads_per_worker,
-        name=_cluster.member_worker_name(task.member_id),
-        tls=opts.tls,
-        host=task.own_ip,
-        death_timeout=s.worker_wait,
-    )
 
 
 def _is_within(path: Path, root: Path) -> bool:
@@ -210,7 +166,7 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
     stop: BaseException | None = None
     with ExitStack() as stack:
         client = check = None
-        if begun.plan is None and _crawl_on_cluster(run):  # the workers list the tree too
+        if begun.plan is None and _placement.crawl_on_cluster(run):  # the workers list the tree too
             client, check = _connect(stack, run, paths, checked.mount)
         plan, entries = begun.plan or _plan(job, run, paths, begun.state, checked.mount, client)
         tally = Tally(plan.shards, plan.files, skipped=entries - plan.files)
@@ -270,42 +226,10 @@ def _connect(
     stack: ExitStack, run: ResolvedRun, paths: RunPaths, mount: MountReport
 ) -> tuple[_cluster.Client, WorkerCheck]:
     """Start or reach the cluster (closed with ``stack``) and check every worker's view."""
-    client = stack.enter_context(_cluster.open_cluster(cluster_options(run)))
+    client = stack.enter_context(_cluster.open_cluster(_placement.cluster_options(run)))
     check = _worker_check(run, paths, mount)
     _cluster.check_workers(client, check)
     return client, check
-
-
-def _crawl_on_cluster(run: ResolvedRun) -> bool:
-    """List the tree on the cluster's workers: asked for, or (auto) on a cluster of several
-    machines, whose NFS clients together issue more READDIRs at once than the driver's."""
-    s = run.settings
-    if s.crawl == "auto":
-        return bool(s.scheduler or run.distributed)
-    return s.crawl == "cluster"
-
-
-@contextmanager
-def _lister(
-    run: ResolvedRun, mount: MountReport, client: _cluster.Client | None
-) -> Iterator[Executor | None]:
-    """Where the crawl's directory tasks run: the cluster, threads, or (None) serially here."""
-    if client is not None:
-        log.info("listing the source on the cluster's workers")
-        yield _cluster.executor(client)
-        return
-    threads = run.settings.crawl_threads or (1 if mount.kind == "local" else CRAWL_THREADS)
-    if threads <= 1:  # on a local disk a serial crawl is fastest (the GIL, no round trips)
-        yield None
-        return
-    log.info("listing the source with %d threads (a %s file system)", threads, mount.kind)
-    pool = ThreadPoolExecutor(threads, thread_name_prefix="mountproc-list")
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
-        if any(t.name.startswith("mountproc-list") for t in threading.enumerate()):
-            note_stuck("a listing thread")  # blocked on a hung mount: never joined
 
 
 def _plan(
@@ -319,7 +243,7 @@ def _plan(
     patterns = Patterns(job.include, job.exclude)
     with (
         SourceWatch(run.source, run.settings.mount_timeout, "the listing") as watch,
-        _lister(run, mount, client) as executor,
+        _placement.lister(run, mount, client) as executor,
     ):
         stats = watch.run(
             lambda: write_listing(run.source, patterns, paths.listing, watch.probe, executor)
@@ -389,7 +313,10 @@ def _execute(
             for spec, outcome, worker in stream:
                 watch.check()
                 # a tar is published together with its record, or not at all
-                brought = partial(_brought, client, paths, outcome, worker)
+                # a copy may take long: Ctrl-C interrupts it (the shard is redone on a rerun)
+                brought = _disk_full_is_an_error(
+                    partial(_placement.brought, client, paths, outcome, worker)
+                )
                 collect = partial(_collect, paths, spec, brought, tally)
                 _shielded(partial(_disk_full_is_an_error, collect))
                 if progress is not None:
@@ -398,10 +325,10 @@ def _execute(
         stream.cancel()
 
 
-def _disk_full_is_an_error(fn: Callable[[], None]) -> None:
+def _disk_full_is_an_error(fn: Callable[[], T]) -> T:
     """Run ``fn``; a full disk (scratch or outputs) becomes DiskFullError naming the path."""
     try:
-        fn()
+        return fn()
     except OSError as exc:
         if exc.errno not in DISK_FULL_ERRNOS:
             raise
@@ -437,32 +364,9 @@ def _shielded(fn: Callable[[], None]) -> None:
         raise interrupted
 
 
-def _brought(
-    client: _cluster.Client, paths: RunPaths, outcome: ShardResult | BaseException, worker: str
-) -> ShardResult | BaseException:
-    """The outcome with its tar in this machine's scratch: copied from the worker's own disk
-    when it does not share scratch; a failed copy fails the shard."""
-    if not isinstance(outcome, ShardResult) or outcome.scratch_shared:
-        return outcome
-    local = paths.shards / f"{outcome.tar_name}.{uuid.uuid4().hex[:8]}.copy.partial"
-    try:
-        sha, size = _cluster.fetch_file(client, worker, outcome.tar_path, local)
-    except Exception as exc:
-        local.unlink(missing_ok=True)
-        return RuntimeError(f"its tar could not be copied from worker {worker}: {exc}")
-    if (sha, size) != (outcome.sha256, outcome.tar_bytes):
-        local.unlink(missing_ok=True)
-        return RuntimeError(f"its tar copied from worker {worker} does not match its sha256")
-    return replace(outcome, tar_path=str(local))
-
-
 def _collect(
-    paths: RunPaths,
-    spec: ShardSpec,
-    bring: Callable[[], ShardResult | BaseException],
-    tally: Tally,
+    paths: RunPaths, spec: ShardSpec, outcome: ShardResult | BaseException, tally: Tally
 ) -> None:
-    outcome = bring()
     if isinstance(outcome, MountprocError):
         raise outcome  # a broken setup, a worker's mount, a full disk: every shard would fail
     if isinstance(outcome, BaseException):
@@ -473,7 +377,7 @@ def _collect(
         tally.shards_failed += 1
         tally.add(results)
         return
-    publish(Path(outcome.tar_path), paths.outputs / outcome.tar_name)
+    publish(Path(outcome.tar_path), paths.outputs / spec.tar_name)
     _metadata.write_results(_metadata.results_path(paths.results, spec.index), outcome.results)
     record = _metadata.shard_record(outcome)
     _metadata.write_record(_metadata.record_path(paths.results, spec.index), record)

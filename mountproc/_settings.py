@@ -93,7 +93,7 @@ class RunSettings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     worker_wait: float = Field(60.0, gt=0)
-    scheduler_port: int = Field(8786, ge=0, le=65535)
+    scheduler_port: int = Field(8786, ge=1, le=65535)
     crawl: Literal["auto", "driver", "cluster"] = "auto"
     crawl_threads: int | None = Field(None, ge=1)
     dataset: str | None = None
@@ -129,31 +129,7 @@ class RunSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _tls(self) -> RunSettings:
-        files = {
-            "--tls-ca-file": self.tls_ca_file,
-            "--tls-cert": self.tls_cert,
-            "--tls-key": self.tls_key,
-        }
-        given = [flag for flag, path in files.items() if path is not None]
-        if given and len(given) < len(files):
-            missing = ", ".join(flag for flag in files if flag not in given)
-            raise ValueError(
-                f"TLS needs --tls-ca-file, --tls-cert and --tls-key: {missing} missing"
-            )
-        if self.scheduler and self.scheduler.startswith("tls://") and not given:
-            raise ValueError(
-                f"the scheduler {self.scheduler} uses TLS: pass --tls-ca-file, --tls-cert and "
-                "--tls-key (the CA that signed the scheduler's certificate, and this client's "
-                "certificate and key)"
-            )
-        if given and self.scheduler and not self.scheduler.startswith("tls://"):
-            raise ValueError(
-                f"TLS files were given but the scheduler address {self.scheduler} is not tls://: "
-                "use tls://HOST:PORT, or drop the --tls-* options"
-            )
-        for flag, path in files.items():
-            if path is not None and not path.is_file():
-                raise ValueError(f"{flag} {path}: no such file")
+        check_tls(self.tls_ca_file, self.tls_cert, self.tls_key, self.scheduler)
         return self
 
     @field_validator("max_failures", mode="before")
@@ -179,6 +155,33 @@ class RunSettings(BaseSettings):
     def budget(self) -> FailureBudget:
         """The parsed failure budget."""
         return FailureBudget.parse(self.max_failures)
+
+
+def check_tls(
+    ca_file: Path | None, cert: Path | None, key: Path | None, scheduler: str | None
+) -> bool:
+    """Whether TLS files are given; raise ValueError when they come without each other, without
+    a ``tls://`` scheduler that needs them, or with a scheduler that would not use them."""
+    files = {"--tls-ca-file": ca_file, "--tls-cert": cert, "--tls-key": key}
+    given = [flag for flag, path in files.items() if path is not None]
+    if given and len(given) < len(files):
+        missing = ", ".join(flag for flag in files if flag not in given)
+        raise ValueError(f"TLS needs --tls-ca-file, --tls-cert and --tls-key: {missing} missing")
+    if scheduler and scheduler.startswith("tls://") and not given:
+        raise ValueError(
+            f"the scheduler {scheduler} uses TLS: pass --tls-ca-file, --tls-cert and --tls-key "
+            "(the CA that signed the scheduler's certificate, and this client's certificate "
+            "and key)"
+        )
+    if given and scheduler and not scheduler.startswith("tls://"):
+        raise ValueError(
+            f"TLS files were given but the scheduler address {scheduler} is not tls://: use "
+            "tls://HOST:PORT, or drop the --tls-* options"
+        )
+    for flag, path in files.items():
+        if path is not None and not path.is_file():
+            raise ValueError(f"{flag} {path}: no such file")
+    return bool(given)
 
 
 class _DictSource(PydanticBaseSettingsSource):
@@ -250,6 +253,12 @@ def resolve(
         raise SettingsError(
             "this is a Valohai distributed task, whose primary member starts the scheduler "
             f"itself: drop --scheduler {settings.scheduler}"
+        )
+    if distributed is not None and settings.tls_cert is None:
+        log.warning(
+            "the members of this distributed task talk in clear text, and anything on their "
+            "network can reach the scheduler: set MOUNTPROC_TLS_CA_FILE, MOUNTPROC_TLS_CERT "
+            "and MOUNTPROC_TLS_KEY on every member to encrypt and authenticate them"
         )
     return ResolvedRun(settings, source, outputs, scratch, strict, on_vh, params, distributed)
 

@@ -69,6 +69,7 @@ def valohai_config(job: Job, opts: StepOptions) -> list[dict[str, Any]]:
         "step": dist["name"],
         "type": "distributed",
         "execution-count": opts.distributed,
+        "on-child-error": "stop-all-and-error",  # a member that fails stops the others
         "parameters": [],
     }
     return [{"step": step}, {"step": dist}, {"task": task}]

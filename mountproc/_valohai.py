@@ -82,10 +82,11 @@ def read_distributed(environ: Mapping[str, str]) -> DistributedTask | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        if int(environ.get("VH_DIST_MEMBER_COUNT") or 1) > 1:
+        count = (environ.get("VH_DIST_MEMBER_COUNT") or "1").strip()
+        if count not in ("0", "1"):
             raise SettingsError(
-                f"VH_DIST_MEMBER_COUNT says this is a distributed task, but {path} is missing: "
-                "mountproc needs it to find the other members"
+                f"VH_DIST_MEMBER_COUNT={count} says this is a distributed task, but {path} is "
+                "missing: mountproc needs it to find the other members"
             ) from None
         return None
     except (OSError, json.JSONDecodeError) as exc:

@@ -176,6 +176,7 @@ def test_distributed_task_runs_the_distributed_step_on_three_machines() -> None:
     ]
     (task,) = config.tasks.values()
     assert (task.step, task.type.value, task.execution_count) == (dist.name, "distributed", 3)
+    assert task.on_child_error.value == "stop-all-and-error"  # one failed member stops all
 
 
 TYPED_JOB = """

@@ -81,8 +81,17 @@ def test_non_numeric_ids_sort_as_text(tmp_path: Path) -> None:
 
 
 def test_missing_config_of_a_declared_distributed_task(tmp_path: Path) -> None:
-    with pytest.raises(SettingsError, match=r"VH_DIST_MEMBER_COUNT says .* is missing"):
+    with pytest.raises(SettingsError, match=r"VH_DIST_MEMBER_COUNT=3 says .* is missing"):
         read_distributed({"VH_CONFIG_DIR": str(tmp_path), "VH_DIST_MEMBER_COUNT": "3"})
+
+
+def test_a_count_of_one_is_a_single_machine(tmp_path: Path) -> None:
+    assert read_distributed({"VH_CONFIG_DIR": str(tmp_path), "VH_DIST_MEMBER_COUNT": "1"}) is None
+
+
+def test_a_malformed_count_without_config_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"VH_DIST_MEMBER_COUNT=three says"):
+        read_distributed({"VH_CONFIG_DIR": str(tmp_path), "VH_DIST_MEMBER_COUNT": "three"})
 
 
 @pytest.mark.parametrize(
