@@ -26,6 +26,7 @@ from mountproc._placement import member_command
 from mountproc._preflight import human_bytes
 from mountproc._runner import Preflight, check_cluster, preflight, preflight_source, run_job
 from mountproc._settings import ResolvedRun, check_tls, resolve
+from mountproc._steps import StepOptions
 
 log = logging.getLogger("mountproc")
 
@@ -346,16 +347,16 @@ def _print_settings(resolved: ResolvedRun) -> None:
 @main.command("yaml")
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @click.option("--step-name", help="Name of the step (default: the job's name).")
-@click.option("--image", default="python:3.11", show_default=True, help="Docker image.")
+@click.option("--image", default=StepOptions.image, show_default=True, help="Docker image.")
 @click.option(
     "--install",
-    default=f"pip install mountproc=={__version__}",
+    default=StepOptions.install,
     show_default=True,
     help="The step's first command: how mountproc gets installed.",
 )
 @click.option(
     "--mount-source",
-    default="nfs-server.internal:/share",
+    default=StepOptions.mount_source,
     show_default=True,
     help="The NFS export of the source: SERVER:/EXPORT (on-prem NFS), "
     "fs-ID.efs.REGION.amazonaws.com:/ (AWS EFS) or IP:/SHARE (GCP Filestore).",
@@ -381,7 +382,7 @@ def yaml_(
       mountproc yaml jobs/resize_images.py > valohai.yaml
       mountproc yaml jobs/resize_images.py --mount-source 10.0.0.2:/share --distributed 4
     """
-    from mountproc._steps import StepOptions, render, valohai_config
+    from mountproc._steps import render, valohai_config
 
     def action() -> None:
         job = load_job(read_job_file(job_file))

@@ -15,6 +15,7 @@ from pydantic import ByteSize
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from mountproc import __version__
 from mountproc._errors import SettingsError
 from mountproc._job import Job
 from mountproc._settings import RunSettings
@@ -47,7 +48,7 @@ class StepOptions:
     job_file: str
     step_name: str | None = None
     image: str = "python:3.11"
-    install: str = "pip install mountproc"
+    install: str = f"pip install mountproc=={__version__}"
     mount_source: str = "nfs-server.internal:/share"
     distributed: int = 0  # members of a distributed task; 0: none
 
