@@ -15,6 +15,7 @@ from mountproc._errors import (
     SettingsError,
     SourceLostError,
     UsageError,
+    VerificationFailed,
     WorkerMountError,
 )
 from mountproc._job import Context, Job, NoParams, Skip, SourceFile
@@ -39,6 +40,7 @@ __all__ = [
     "SourceFile",
     "SourceLostError",
     "UsageError",
+    "VerificationFailed",
     "WorkerMountError",
     "__version__",
 ]

@@ -423,6 +423,30 @@ def sample_data(directory: Path, count: int, bad: bool) -> None:
     )
 
 
+@main.command()
+@click.argument("outputs_dir", metavar="OUTPUTS_DIR")
+def verify(outputs_dir: str) -> None:
+    """Check every tar in OUTPUTS_DIR against valohai.metadata.jsonl and the manifest.
+
+    Each tar is re-read once: its sha256, size, member count and member names must match what
+    mountproc run recorded; a truncated, altered, missing or unlisted tar is named, exit 1.
+
+    \b
+    Example:
+      mountproc verify ./outputs
+    """
+    from mountproc._verify import conclusion, verify_outputs
+
+    def action() -> None:
+        verdicts = []
+        for verdict in verify_outputs(Path(outputs_dir)):
+            click.echo(verdict.line())
+            verdicts.append(verdict)
+        click.echo(conclusion(Path(outputs_dir), verdicts))
+
+    _guarded(action)
+
+
 class _Progress:
     """Throttled progress: a log line and, for Valohai's charts, a JSON metrics line."""
 

@@ -10,6 +10,7 @@
     │   └── OutputsNotEmptyError . outputs already hold results of this job
     ├── FailureBudgetExceeded (1)  more files failed than --max-failures allows
     ├── ClusterError (1) ......... the Dask cluster could not be started or reached
+    ├── VerificationFailed (1) ... a published tar is truncated, altered, missing or unlisted
     └── RunAbortedError (1) ...... the run's environment failed mid-run; a rerun can go on
         ├── SourceLostError ...... the source mount stopped answering
         └── DiskFullError ........ scratch or outputs ran out of space
@@ -63,6 +64,10 @@ class FailureBudgetExceeded(MountprocError):
 
 class ClusterError(MountprocError):
     """The Dask cluster could not be started or reached."""
+
+
+class VerificationFailed(MountprocError):
+    """Some tar in the outputs is truncated, altered, missing or unlisted (exit code 1)."""
 
 
 class RunAbortedError(MountprocError):
