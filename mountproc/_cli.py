@@ -4,7 +4,6 @@ interrupted)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ from typing import Any, NoReturn
 import click
 
 from mountproc import __version__
+from mountproc._cli_progress import Progress, final_metrics, summary_table
 from mountproc._cluster import TlsFiles, worker_command
 from mountproc._errors import FailureBudgetExceeded, MountprocError, SettingsError
 from mountproc._job import Job, load_job, read_job_file
@@ -30,7 +30,6 @@ from mountproc._steps import StepOptions
 
 log = logging.getLogger("mountproc")
 
-PROGRESS_EVERY_S = 5.0
 EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 
@@ -215,8 +214,15 @@ def run(ctx: click.Context, /, job_file: str, **values: Any) -> None:
         if task is not None and not task.is_primary:  # a worker of the primary's cluster
             preflight_source(job, resolved)
             _become(member_command(resolved))
-        report = run_job(job, ref, resolved, progress=_Progress())
-        _print_summary(report.summary, resolved)
+        progress = Progress(live=sys.stdout.isatty())
+        try:
+            report = run_job(job, ref, resolved, progress=progress)
+        finally:
+            progress.close()
+        if not progress.live:  # the last metrics line, for Valohai's charts
+            click.echo(final_metrics(report.summary))
+        for line in summary_table(report.summary, resolved.outputs):
+            click.echo(line)
         if not report.within_budget:
             raise FailureBudgetExceeded(
                 f"{report.summary['files_failed']} of {report.summary['files_selected']} files "
@@ -445,42 +451,6 @@ def verify(outputs_dir: str) -> None:
         click.echo(conclusion(Path(outputs_dir), verdicts))
 
     _guarded(action)
-
-
-class _Progress:
-    """Throttled progress: a log line and, for Valohai's charts, a JSON metrics line."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        now = time.monotonic()
-        if now - self.last < PROGRESS_EVERY_S and event["shards_done"] < event["shards_total"]:
-            return
-        self.last = now
-        click.echo(json.dumps(event, sort_keys=True))
-
-
-def _print_summary(summary: dict[str, Any], run: ResolvedRun) -> None:
-    click.echo(
-        json.dumps(
-            {
-                k: summary[k]
-                for k in ("files_ok", "files_failed", "files_skipped", "seconds", "files_per_s")
-            },
-            sort_keys=True,
-        )
-    )
-    click.echo(
-        f"done: {summary['files_ok']} ok, {summary['files_failed']} failed, "
-        f"{summary['files_skipped']} skipped; {_plural(summary['shards_published'], 'tar')} in "
-        f"{run.outputs}"
-        + (" (test mode: no dataset version registered)" if summary["test_mode"] else "")
-    )
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 class _SigTerm:

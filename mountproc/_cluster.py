@@ -203,6 +203,8 @@ def _connect(opts: ClusterOptions) -> Iterator[Client]:
     with client:
         _wait_for_workers(client, address, 1, opts.worker_wait_s)
         log.info("connected to the Dask scheduler at %s", address)
+        if client.dashboard_link:
+            log.info("Dask dashboard: %s", client.dashboard_link)
         check_versions(client)
         yield client
 

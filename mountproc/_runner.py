@@ -59,6 +59,7 @@ class Tally:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    not_selected: int = 0  # entries the listing skipped (symlinks, patterns...): never shards
     records: list[_metadata.ShardRecord] = field(default_factory=list)
 
     def reuse(self, finished: dict[int, _metadata.ShardRecord]) -> None:
@@ -169,7 +170,8 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
         if begun.plan is None and _placement.crawl_on_cluster(run):  # the workers list the tree too
             client, check = _connect(stack, run, paths, checked.mount)
         plan, entries = begun.plan or _plan(job, run, paths, begun.state, checked.mount, client)
-        tally = Tally(plan.shards, plan.files, skipped=entries - plan.files)
+        skips = entries - plan.files
+        tally = Tally(plan.shards, plan.files, skipped=skips, not_selected=skips)
         tally.reuse(begun.finished)
         if client is None or check is None:
             client, check = _connect(stack, run, paths, checked.mount)
@@ -308,6 +310,8 @@ def _execute(
         window=window,
     )
     timeout = run.settings.mount_timeout
+    if progress is not None:  # the starting point: what earlier runs already did
+        progress(_progress_event(tally))
     try:
         with SourceWatch(run.source, timeout, "the run", on_lost=stream.cancel) as watch:
             for spec, outcome, worker in stream:
@@ -390,8 +394,10 @@ def _progress_event(tally: Tally) -> dict[str, Any]:
     return {
         "shards_done": tally.shards_done + tally.shards_failed,
         "shards_total": tally.shards_total,
+        "files_done": tally.ok + tally.failed + tally.skipped - tally.not_selected,
         "files_ok": tally.ok,
         "files_failed": tally.failed,
+        "files_skipped": tally.skipped - tally.not_selected,
         "files_total": tally.files_total,
     }
 
