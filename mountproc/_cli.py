@@ -323,6 +323,29 @@ def check(ctx: click.Context, /, job_file: str, **values: Any) -> None:
     _guarded(action)
 
 
+@main.command(context_settings=EXTRA)
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@_run_options
+@click.pass_context
+def plan(ctx: click.Context, /, job_file: str, **values: Any) -> None:
+    """List and shard JOB_FILE's source, time a few of its files here, and estimate the run.
+
+    Nothing is written to outputs or scratch: the listing lives in a temporary directory.
+
+    \b
+    Example:
+      mountproc plan jobs/resize_images.py --source /mnt/raw-images --workers 16
+    """
+    from mountproc._planning import plan_job, render
+
+    def action() -> None:
+        ref, job, resolved = _load(job_file, ctx, values)
+        for line in render(plan_job(job, ref, resolved)):
+            click.echo(line)
+
+    _guarded(action)
+
+
 def _print_check(checked: Preflight, seconds: float) -> None:
     m = checked.mount
     where = f"{m.fstype} {m.source}, {m.kind}" + (f", {m.service}" if m.service else "")
