@@ -54,7 +54,15 @@ def _flag(name: str, help_text: str) -> Callable[[Any], Any]:
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(verbose: int, quiet: bool) -> None:
-    """Batch preprocessing of huge datasets on network file systems, on Dask, for Valohai."""
+    """Batch preprocessing of huge datasets on network file systems, on Dask, for Valohai.
+
+    \b
+    Examples:
+      mountproc sample-data ./photos && mountproc run jobs/resize_images.py --source ./photos
+      mountproc run jobs/resize_images.py --test-mode
+      mountproc plan jobs/resize_images.py --source /mnt/raw-images
+      mountproc verify ./outputs
+    """
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
