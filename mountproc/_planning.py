@@ -30,7 +30,7 @@ from mountproc._job import Job
 from mountproc._preflight import human_bytes
 from mountproc._records import FileEntry, JobRef, Limits, ShardResult, ShardSpec, Status
 from mountproc._resume import RunPaths
-from mountproc._runner import _plan, preflight_source
+from mountproc._runner import list_and_shard, preflight_source
 from mountproc._settings import ResolvedRun
 from mountproc._sharding import Plan, ShardBounds, iter_shards, test_subset, write_plan
 from mountproc._sourcewatch import SourceWatch
@@ -95,7 +95,7 @@ def plan_job(job: Job, ref: JobRef, run: ResolvedRun, sample: int = SAMPLE_FILES
         paths = RunPaths(whole, job)
         paths.shards.mkdir(parents=True)
         started = time.perf_counter()
-        plan, entries = _plan(job, whole, paths, {}, mount, None)
+        plan, entries = list_and_shard(job, whole, paths, {}, mount, None)
         listing_s = time.perf_counter() - started
         largest = _largest_shard(paths.plan)
         paths.plan.unlink()  # each plan is a copy of the listing: keep one at a time

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[dict[str, Any]], None]
 T = TypeVar("T")
 TEST_MODE_TAG = "mountproc-test-mode"
+TOKEN_NAME = ".mountproc-token"  # in scratch: a worker that reads it shares this scratch
 
 
 @dataclass
@@ -140,13 +141,12 @@ def check_cluster(job: Job, run: ResolvedRun, checked: Preflight) -> int:
     paths = RunPaths(run, job)
     made = [d for d in (paths.root, *paths.root.parents) if not d.exists()]
     paths.root.mkdir(parents=True, exist_ok=True)
-    check = _worker_check(run, paths, checked.mount)
     try:
-        with _cluster.open_cluster(_placement.cluster_options(run)) as client:
-            _cluster.check_workers(client, check)
+        with ExitStack() as stack:
+            client, _ = _connect(stack, run, paths, checked.mount)
             return _cluster.worker_count(client)
     finally:
-        Path(check.token_path).unlink(missing_ok=True)
+        (paths.root / TOKEN_NAME).unlink(missing_ok=True)
         for directory in made:  # deepest first; a worker may have written there meanwhile
             with contextlib.suppress(OSError):
                 directory.rmdir()
@@ -169,7 +169,9 @@ def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None =
         client = check = None
         if begun.plan is None and _placement.crawl_on_cluster(run):  # the workers list the tree too
             client, check = _connect(stack, run, paths, checked.mount)
-        plan, entries = begun.plan or _plan(job, run, paths, begun.state, checked.mount, client)
+        plan, entries = begun.plan or list_and_shard(
+            job, run, paths, begun.state, checked.mount, client
+        )
         skips = entries - plan.files
         tally = Tally(plan.shards, plan.files, skipped=skips, not_selected=skips)
         tally.reuse(begun.finished)
@@ -217,7 +219,7 @@ def _finish_safely(
 
 def _worker_check(run: ResolvedRun, paths: RunPaths, mount: MountReport) -> WorkerCheck:
     """What every worker must see as this process does; writes the scratch token."""
-    token_path = paths.root / ".mountproc-token"
+    token_path = paths.root / TOKEN_NAME
     token = uuid.uuid4().hex
     token_path.write_text(token)
     view = mount.view()
@@ -234,7 +236,7 @@ def _connect(
     return client, check
 
 
-def _plan(
+def list_and_shard(
     job: Job,
     run: ResolvedRun,
     paths: RunPaths,
@@ -242,6 +244,8 @@ def _plan(
     mount: MountReport,
     client: _cluster.Client | None,
 ) -> tuple[Plan, int]:
+    """List the source into ``paths`` (on the cluster when ``client`` is given) and shard it;
+    return the plan and the number of entries listed (``run`` and ``plan`` share this)."""
     patterns = Patterns(job.include, job.exclude)
     with (
         SourceWatch(run.source, run.settings.mount_timeout, "the listing") as watch,
