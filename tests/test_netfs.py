@@ -190,7 +190,9 @@ def test_cleanup_after_failing_body(tmp_path: Path, export: Path, action: str) -
         procs = m.processes()
         pids = {p.pid for p in procs}
         assert {m.sshd.pid, m.sshfs_pid()} <= pids
-        assert len(procs) >= 4, procs  # listener, session(s), sshfs, its ssh client
+        # listener, session, sshfs, its ssh client (the session's privilege-separated child
+        # may not be forked yet: seen once in CI with 3)
+        assert len(procs) >= 3, procs
         if action == "kill_server":
             m.kill_server()
         elif action == "kill_client":
