@@ -119,7 +119,7 @@ def dicom_to_png(src: SourceFile, ctx: Context[Params]) -> dict[str, Any]:
         image.thumbnail((params.max_size, params.max_size), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
-    return {"png": buffer.getvalue(), "json": sidecar(ds, params.frame, window, image)}
+    return {"png": buffer.getvalue(), "dicom.json": sidecar(ds, params.frame, window, image)}
 
 
 def read_dicom(src: SourceFile) -> Dataset:

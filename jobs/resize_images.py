@@ -50,7 +50,7 @@ def resize(src: SourceFile, ctx: Context[Params]) -> dict[str, bytes]:
 def load_fitted(src: SourceFile, size: int) -> Image.Image:
     """Decode the first frame as an 8-bit RGB or L image that fits inside ``size`` x ``size``."""
     try:
-        with Image.open(src.path) as opened:
+        with src.open() as raw, Image.open(raw) as opened:
             _refuse_bomb(opened)
             opened.draft("RGB", (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
             _load(opened)

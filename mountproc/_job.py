@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import re
 import sys
@@ -37,19 +38,29 @@ class Skip(Exception):
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One source file handed to a transform: read it, never write it."""
+    """One source file handed to a transform: read it, never write it.
+
+    mountproc has usually read the file already (while the previous file was transformed):
+    ``open()`` and ``read_bytes()`` then serve those bytes from memory, and ``sha256`` is their
+    checksum. Reading ``path`` directly works too, but reads the file from the mount again."""
 
     path: Path
     relpath: str
     size: int
     mtime_ns: int
+    data: bytes | None = field(default=None, repr=False, compare=False)
+    sha256: str | None = None
 
     def open(self) -> IO[bytes]:
         """Open the file for binary reading."""
+        if self.data is not None:
+            return io.BytesIO(self.data)
         return self.path.open("rb")
 
     def read_bytes(self) -> bytes:
         """Read the whole file."""
+        if self.data is not None:
+            return self.data
         return self.path.read_bytes()
 
 

@@ -52,6 +52,7 @@ class ShardRecord:
     files_failed: int
     files_skipped: int
     members: int
+    samples: int = 0  # files with at least one member: WebDataset samples (0 in records of 0.1.0)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ def shard_record(result: ShardResult) -> ShardRecord:
         result.files_failed,
         skipped,
         result.member_count,
+        sum(1 for r in result.results if r.members),
     )
 
 
@@ -212,6 +214,16 @@ class _ShardResults:
         return True, rows
 
 
+def wids_index(name: str, records: Sequence[ShardRecord]) -> dict[str, Any]:
+    """A ``wids`` shard index of the published tars (URLs relative to the index's directory,
+    where the tars are), so ``wids.ShardListDataset(index)`` reads samples by number."""
+    shards = [
+        {"url": r.tar, "nsamples": r.samples, "filesize": r.bytes, "sha256": r.sha256}
+        for r in records
+    ]
+    return {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name, "shardlist": shards}
+
+
 def metadata_lines(
     records: Sequence[ShardRecord],
     extra_files: Sequence[str],
@@ -234,6 +246,7 @@ def metadata_lines(
             "files": r.files_ok,
             "files_failed": r.files_failed,
             "members": r.members,
+            "samples": r.samples,
             "bytes": r.bytes,
             "sha256": r.sha256,
         }

@@ -134,6 +134,7 @@ class RunPaths:
         self.plan = self.root / "plan.parquet"
         self.manifest = f"{job.name}-manifest.parquet"
         self.summary = f"{job.name}-summary.json"
+        self.index = f"{job.name}-wids-index.json"
         self.tar_prefix = f"{job.name}-"
 
     def tar_name(self, index: int) -> str:
@@ -143,7 +144,7 @@ class RunPaths:
         """Files in outputs that an earlier run of this job published."""
         if not self.outputs.is_dir():
             return []
-        names = {self.manifest, self.summary, METADATA_NAME}
+        names = {self.manifest, self.summary, self.index, METADATA_NAME}
         return sorted(
             p
             for p in self.outputs.iterdir()

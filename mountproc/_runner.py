@@ -444,18 +444,21 @@ def _summary(
 def _finish(
     job: Job, run: ResolvedRun, paths: RunPaths, tally: Tally, summary: dict[str, Any], within: bool
 ) -> None:
-    """Publish the manifest, the summary and the Valohai metadata (dataset entries only when
-    the run is within its failure budget and not in test mode)."""
-    tar_names = {r.index: r.tar for r in tally.records}
+    """Publish the manifest, the summary, the wids index and the Valohai metadata (dataset
+    entries only when the run is within its failure budget and not in test mode)."""
+    records = sorted(tally.records, key=lambda r: r.index)
     manifest = paths.root / paths.manifest
-    _metadata.write_manifest(paths.plan, paths.results, tar_names, manifest)
+    _metadata.write_manifest(paths.plan, paths.results, {r.index: r.tar for r in records}, manifest)
     publish(manifest, paths.outputs / paths.manifest)
-    summary_file = paths.root / paths.summary
-    _metadata.write_json(summary_file, summary)
-    publish(summary_file, paths.outputs / paths.summary)
+    for name, data in (
+        (paths.summary, summary),
+        (paths.index, _metadata.wids_index(job.name, records)),
+    ):
+        _metadata.write_json(paths.root / name, data)
+        publish(paths.root / name, paths.outputs / name)
     lines = _metadata.metadata_lines(
-        sorted(tally.records, key=lambda r: r.index),
-        [paths.manifest, paths.summary],
+        records,
+        [paths.manifest, paths.summary, paths.index],
         _dataset_target(run) if within else None,
         [TEST_MODE_TAG] if run.settings.test_mode else [],
         {"mountproc.job": job.name, "source": str(run.source)},

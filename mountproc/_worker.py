@@ -15,23 +15,35 @@ import shutil
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from mountproc._errors import DiskFullError, JobSetupError, MountprocError, SourceLostError
+from mountproc._errors import (
+    DiskFullError,
+    JobFileError,
+    JobSetupError,
+    MountprocError,
+    SourceLostError,
+)
 from mountproc._job import Context, Job, Skip, SourceFile, load_job, normalize_outputs
 from mountproc._listing import display_path
 from mountproc._mounts import DISK_FULL_ERRNOS, errno_text, find_oserror, probe_alive, sick_error
 from mountproc._packaging import TarBuilder, member_key
 from mountproc._preflight import check_worker
+from mountproc._reading import ReadAhead, SourceRead, read_source, sample_record
 from mountproc._records import FileEntry, FileResult, ShardResult, ShardSpec, Status
 from mountproc._watchdog import ShardNotes, watchdog
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 500
+RECORD_SUFFIX = "json"
+"""Each sample's record (source path, size, mtime, sha256), as ``<key>.json`` (as img2dataset
+writes its own): WebDataset readers get it as ``sample["json"]``."""
 READ_ATTEMPTS = 3
 """Attempts at a file whose mount answers with ENOTCONN, ESTALE, EIO...: reopening the path
 gets past a failover or a transient handle error."""
@@ -80,10 +92,16 @@ def run_shard(spec: ShardSpec) -> ShardResult:
 
 
 def _build(job: Job, spec: ShardSpec, ctx: Context[Any]) -> tuple[list[FileResult], str, int, Path]:
-    """Run every file into the shard's tar; files condemned by earlier attempts fail at once."""
+    """Run every file into the shard's tar; files condemned by earlier attempts fail at once
+    (and are not read: reading may be what hung)."""
     notes = ShardNotes(Path(spec.work_dir), spec.index)
     condemned = notes.recover()
     guard = watchdog()
+    root = Path(spec.source_root)
+    reads = ReadAhead(
+        [root / e.path for i, e in enumerate(spec.entries) if i not in condemned], _read
+    )
+    ahead = iter(reads)
     results = []
     done = False
     try:
@@ -93,12 +111,17 @@ def _build(job: Job, spec: ShardSpec, ctx: Context[Any]) -> tuple[list[FileResul
                     results.append(FileResult(entry.path, Status.FAILED, condemned[pos]))
                     continue
                 with guard.file(notes, pos, entry.path, spec.source_root, spec.limits):
-                    results.append(_process(job, spec, entry, ctx, tar))
+                    results.append(_process(job, spec, entry, next(ahead), ctx, tar))
             sha, size = tar.close()
         done = True
     finally:
+        reads.close()
         notes.close(done=done)
     return results, sha, size, tar.path
+
+
+def _read(path: Path) -> SourceRead:
+    return _with_retries(lambda: read_source(path))  # type: ignore[no-any-return]
 
 
 def _check_once(spec: ShardSpec) -> bool:
@@ -131,11 +154,19 @@ def _worker_state(job: Job, spec: ShardSpec, params: Any) -> Any:
 
 
 def _process(
-    job: Job, spec: ShardSpec, entry: FileEntry, ctx: Context[Any], tar: TarBuilder
+    job: Job,
+    spec: ShardSpec,
+    entry: FileEntry,
+    pending: Future[SourceRead],
+    ctx: Context[Any],
+    tar: TarBuilder,
 ) -> FileResult:
-    src = SourceFile(Path(spec.source_root) / entry.path, entry.path, entry.size, entry.mtime_ns)
+    path = Path(spec.source_root) / entry.path
+    src = SourceFile(path, entry.path, entry.size, entry.mtime_ns)
     assert job.transform_fn is not None
     try:
+        read = pending.result()
+        src = replace(src, data=read.data, sha256=read.sha256)
         value = _with_retries(lambda: job.transform_fn(src, ctx))  # type: ignore[misc]
         if value is None:
             return FileResult(entry.path, Status.SKIPPED, "declined by the transform")
@@ -144,11 +175,26 @@ def _process(
         return FileResult(entry.path, Status.SKIPPED, _reason(exc) or "declined by the transform")
     except Exception as exc:
         return FileResult(entry.path, Status.FAILED, _failure(exc, spec, entry))
+    _refuse_reserved(spec, outputs)
     key = member_key(entry.path)
+    if outputs:  # no output, no sample: a record alone would be an empty sample
+        outputs = sorted([*outputs, (RECORD_SUFFIX, sample_record(entry.path, read))])
     members = tuple(f"{key}.{suffix}" for suffix, _ in outputs)
     for name, (_, data) in zip(members, outputs, strict=True):
         tar.add(name, data)
-    return FileResult(entry.path, Status.OK, None, members, _changed(src))
+    listed = (entry.size, entry.mtime_ns)
+    changed = read.changed_while_read or (read.size, read.mtime_ns) != listed or _changed(src)
+    return FileResult(entry.path, Status.OK, None, members, changed)
+
+
+def _refuse_reserved(spec: ShardSpec, outputs: list[tuple[str, bytes]]) -> None:
+    """An output named like the sample record is the job's mistake on every file: stop the run."""
+    if any(suffix == RECORD_SUFFIX for suffix, _ in outputs):
+        raise JobFileError(
+            f"{spec.job.filename}: the transform returned an output named {RECORD_SUFFIX!r}, "
+            "which mountproc writes itself (each sample's source path, size, mtime and "
+            f"sha256): give it another name, e.g. 'meta.{RECORD_SUFFIX}'"
+        )
 
 
 def _changed(src: SourceFile) -> bool:

@@ -99,7 +99,7 @@ def transform(job: Job, path: Path, tmp_path: Path, **params: Any) -> dict[str, 
     assert job.transform_fn is not None
     out = job.transform_fn(src, ctx)
     assert out is not None
-    assert set(out) == {"png", "json"}
+    assert set(out) == {"png", "dicom.json"}
     return dict(out)
 
 
@@ -113,7 +113,7 @@ def png(data: bytes) -> Image.Image:
 
 def converted(job: Job, name: str, tmp_path: Path, **params: Any) -> tuple[Image.Image, Any]:
     out = transform(job, sample(name), tmp_path, **params)
-    return png(out["png"]), out["json"]
+    return png(out["png"]), out["dicom.json"]
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -247,7 +247,7 @@ def test_voi_lut_sequence_is_applied_and_spread(job: Job, tmp_path: Path) -> Non
     path = tmp_path / "voi-lut.dcm"
     ds.save_as(path)
     out = transform(job, path, tmp_path)
-    assert out["json"]["window"] == {"source": "voi_lut"}
+    assert out["dicom.json"]["window"] == {"source": "voi_lut"}
     hu = ds.pixel_array.astype(np.float64) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     expected = np.rint((4095.0 - (hu + 1024.0)) / 4095.0 * 255.0)
     assert np.abs(pixels(png(out["png"])) - expected).max() <= 1
@@ -408,8 +408,12 @@ def test_failures_have_readable_reasons(run: dict[str, Any]) -> None:
 def test_every_good_file_is_an_8bit_png_of_its_size(run: dict[str, Any]) -> None:
     for relpath in good_paths():
         members = list(run["rows"][relpath]["members"])
-        assert [m.rsplit(".", 1)[1] for m in members] == ["json", "png"]
-        image = png(run["tars"][members[1]])
+        assert [m.rpartition("/")[2].split(".", 1)[1] for m in members] == [
+            "dicom.json",
+            "json",
+            "png",
+        ]
+        image = png(run["tars"][members[2]])
         ds = dcmread(run["src"] / relpath)
         assert image.size == (ds.Columns, ds.Rows), relpath
         colour = ds.PhotometricInterpretation not in ("MONOCHROME1", "MONOCHROME2")
@@ -444,7 +448,7 @@ def keys_of(value: Any) -> Iterator[str]:
 def test_sidecars_hold_no_identifying_tag_or_value(run: dict[str, Any], module: ModuleType) -> None:
     searched = 0
     for relpath in good_paths():
-        member = next(m for m in run["rows"][relpath]["members"] if m.endswith(".json"))
+        member = next(m for m in run["rows"][relpath]["members"] if m.endswith(".dicom.json"))
         text = run["tars"][member].decode("utf-8")
         meta = json.loads(text)
         assert not set(keys_of(meta)) & IDENTIFYING, relpath

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -18,6 +19,7 @@ from mountproc._metadata import (
     metadata_lines,
     read_records,
     shard_record,
+    wids_index,
     write_json,
     write_manifest,
     write_record,
@@ -239,7 +241,23 @@ def test_shard_record() -> None:
         files_failed=1,
         files_skipped=2,
         members=3,
+        samples=2,
     )
+
+
+def test_samples_count_only_files_with_members() -> None:
+    """A file whose transform returned no output is ok but no WebDataset sample."""
+    result = replace(
+        shard_result(),
+        results=(
+            FileResult("a", Status.OK, None, ("a.jpg", "a.json")),
+            FileResult("b", Status.OK, None, ()),
+        ),
+    )
+    record = shard_record(result)
+    assert (record.files_ok, record.samples, record.members) == (2, 1, 2)
+    (shard,) = wids_index("job", [record])["shardlist"]
+    assert (shard["url"], shard["nsamples"]) == ("job-000004.tar", 1)
 
 
 def test_records_round_trip_in_shard_order(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def transform(src: SourceFile, ctx: Context[Params]) -> Any:
     data = src.read_bytes()
     return {
         "txt": data.upper(),
-        "json": {
+        "meta.json": {
             "name": name,
             "size": src.size,
             "mtime_ns": src.mtime_ns,
@@ -202,7 +202,7 @@ def test_unsafe_output_suffix_fails_the_file(
     assert suffix in res.error
     assert res.members == ()
     names = [n for n, _ in tar_members(result.tar_path)]
-    assert names == ["ok%2Etxt.json", "ok%2Etxt.txt"]
+    assert names == ["ok%2Etxt.json", "ok%2Etxt.meta.json", "ok%2Etxt.txt"]
     assert not (tmp_path / "evil").exists()
     assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [result.tar_name]
 
@@ -216,8 +216,9 @@ def test_tar_holds_the_outputs_adjacent_and_ordered(job_ref: JobRef, tmp_path: P
     expected_names = []
     for rel in ("x.y/a.b.txt", "x/y.z", "z.txt"):
         key = member_key(rel)
-        expected_names += [f"{key}.json", f"{key}.txt"]
-        assert by_path(result)[rel].members == (f"{key}.json", f"{key}.txt")
+        names = (f"{key}.json", f"{key}.meta.json", f"{key}.txt")
+        expected_names += names
+        assert by_path(result)[rel].members == names
     assert [n for n, _ in members] == expected_names
     assert result.member_count == len(expected_names)
     contents = dict(members)
@@ -226,8 +227,14 @@ def test_tar_holds_the_outputs_adjacent_and_ordered(job_ref: JobRef, tmp_path: P
             continue
         key = member_key(rel)
         assert contents[f"{key}.txt"] == data.upper()
-        meta = json.loads(contents[f"{key}.json"])
+        meta = json.loads(contents[f"{key}.meta.json"])
         entry = next(e for e in entries if e.path == rel)
+        assert json.loads(contents[f"{key}.json"]) == {
+            "path": rel,
+            "size": len(data),
+            "mtime_ns": entry.mtime_ns,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
         assert meta["name"] == rel.rsplit("/", 1)[-1]
         assert meta["size"] == entry.size == len(data)
         assert meta["mtime_ns"] == entry.mtime_ns
@@ -298,7 +305,7 @@ def test_tmp_dir_is_private_and_removed(job_ref: JobRef, tmp_path: Path) -> None
     spec = make_spec(job_ref, tmp_path, entries, index=5)
     result = run_shard(spec)
     contents = dict(tar_members(result.tar_path))
-    tmp_dirs = {json.loads(contents[f"{k}%2Etxt.json"])["tmp_dir"] for k in "ab"}
+    tmp_dirs = {json.loads(contents[f"{k}%2Etxt.meta.json"])["tmp_dir"] for k in "ab"}
     assert len(tmp_dirs) == 1
     tmp_dir = Path(tmp_dirs.pop())
     work = Path(spec.work_dir).resolve()
@@ -331,7 +338,7 @@ def test_undecodable_names_are_escaped_and_reasons_are_utf8(
     result = run_shard(make_spec(job_ref, tmp_path, entries))
     ok, boom = result.results
     assert ok.status is Status.OK
-    assert ok.members == ("caf%E9%2Etxt.json", "caf%E9%2Etxt.txt")
+    assert ok.members == ("caf%E9%2Etxt.json", "caf%E9%2Etxt.meta.json", "caf%E9%2Etxt.txt")
     assert boom.status is Status.FAILED
     assert boom.error is not None
     boom.error.encode("utf-8")  # a lone surrogate would break the Parquet results
@@ -340,7 +347,8 @@ def test_undecodable_names_are_escaped_and_reasons_are_utf8(
     write_results(tmp_path / "results.parquet", result.results)
     members = dict(tar_members(result.tar_path))
     assert list(members) == list(ok.members)
-    assert json.loads(members["caf%E9%2Etxt.json"])["name"] == ok_name  # JSON \\udce9 escape
+    assert json.loads(members["caf%E9%2Etxt.meta.json"])["name"] == ok_name  # \\udce9 escape
+    assert json.loads(members["caf%E9%2Etxt.json"])["path"] == ok_name
     assert members["caf%E9%2Etxt.txt"] == b"OK"
 
 
@@ -549,5 +557,6 @@ def test_condemned_files_fail_without_running(sick_ref: JobRef, tmp_path: Path) 
         ("z.txt", Status.OK, None),
     ]
     assert calls(tmp_path) == {"a.txt": 1, "z.txt": 1}
-    assert [n for n, _ in tar_members(result.tar_path)] == ["a%2Etxt.txt", "z%2Etxt.txt"]
+    names = ["a%2Etxt.json", "a%2Etxt.txt", "z%2Etxt.json", "z%2Etxt.txt"]
+    assert [n for n, _ in tar_members(result.tar_path)] == names
     assert sorted(p.name for p in Path(spec.work_dir).iterdir()) == [spec.tar_name]  # notes gone
