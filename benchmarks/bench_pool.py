@@ -1,0 +1,93 @@
+"""Framework overhead: a hand-written ``multiprocessing.Pool`` script against ``mountproc run``.
+
+Both run the very same transform (``jobs/resize_images.py``) on the same 2 cores, over the
+camera JPEGs on local disk and over sshfs on 127.0.0.1, each as a fresh subprocess with fresh
+output directories. Afterwards the samples of both (member name and bytes, over all tars) must
+be equal: tars may be cut differently, samples may not differ.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.common import (
+    BASELINES,
+    RESIZE_JOB,
+    Comparison,
+    Config,
+    alternate,
+    at_most,
+    cache_note,
+    camera_jpegs,
+    mountproc_run,
+    same_samples,
+    sshfs_mount,
+    sshfs_unavailable,
+    subprocess_side,
+    tar_members,
+    warm_libraries,
+)
+
+log = logging.getLogger(__name__)
+
+POOL_SCRIPT = BASELINES / "pool_resize.py"
+LOCAL_NAME, LOCAL_TARGET = "framework overhead, local disk", 1.08
+SSHFS_NAME, SSHFS_TARGET = "framework overhead, sshfs on 127.0.0.1", 0.9
+BASELINE, OURS = "multiprocessing.Pool script", "mountproc run"
+
+
+def run(cfg: Config) -> list[Comparison]:
+    """Pool against mountproc on local disk and, when possible, over sshfs."""
+    data = camera_jpegs(cfg)
+    warm_libraries()
+    found = [compare(cfg, data, data, LOCAL_NAME, LOCAL_TARGET)]
+    reason = sshfs_unavailable(cfg)
+    if reason is not None:
+        log.warning("skipping framework overhead over sshfs: %s", reason)
+        skipped = Comparison(SSHFS_NAME, BASELINE, OURS)
+        skipped.skipped = reason
+        return [*found, skipped]
+    with sshfs_mount(cfg, data, "pool") as mounted:
+        found.append(compare(cfg, mounted, data, SSHFS_NAME, SSHFS_TARGET))
+    return found
+
+
+def compare(cfg: Config, source: Path, inputs: Path, name: str, target: float) -> Comparison:
+    """Time both sides on ``source`` (``inputs`` on local disk), then check that their samples
+    are equal."""
+    images = count_images(source)
+    cmp = Comparison(
+        name=name,
+        baseline=BASELINE,
+        ours=OURS,
+        target=f"ratio <= {target:g}",
+        check=at_most(target),
+    )
+    runs = cfg.work / "runs" / ("pool-sshfs" if source != inputs else "pool-local")
+    base_out, ours_out = runs / "pool", runs / "ours"
+    log.info("%s: %d repeats", cmp.name, cfg.repeats)
+    pool = subprocess_side(base_out, pool_command(source))
+    alternate(cfg, cmp, pool, subprocess_side(ours_out, mountproc_run(source)), inputs)
+    ours = tar_members((ours_out / "outputs").glob("*.tar"))
+    equal, text = same_samples(tar_members(base_out.glob("*.tar")), ours)
+    cmp.checks["same samples"] = equal
+    cmp.checks["every file processed"] = sum(n.endswith(".jpg") for n in ours) == images
+    cmp.note = (
+        f"{images} JPEGs; {text}; {cache_note(cfg)}; both as subprocesses, "
+        f"{os.cpu_count()} pool processes / local workers"
+    )
+    return cmp
+
+
+def count_images(source: Path) -> int:
+    """The JPEGs under ``source``."""
+    return sum(1 for p in source.rglob("*") if p.suffix.lower() == ".jpg")
+
+
+def pool_command(source: Path) -> Callable[[Path], list[str | Path]]:
+    """The Pool script on ``source``, its tars into the side's directory."""
+    return lambda out: [sys.executable, POOL_SCRIPT, RESIZE_JOB, source, out]

@@ -1,0 +1,84 @@
+"""The benchmark harness (``python -m benchmarks``): a smoke run measures every comparison on
+tiny data, both sides of each produce the same samples, and the report says what it found."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, clean_env
+from netfs import sshfs_available
+
+if str(REPO) not in sys.path:  # the benchmarks package lives beside mountproc, not in it
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import report
+from benchmarks.common import Comparison, Config, at_most, same_samples
+
+SSHFS = "framework overhead, sshfs on 127.0.0.1"
+MINE = {
+    "end to end, local disk": "every file processed",
+    "framework overhead, local disk": "same samples",
+    SSHFS: "same samples",
+    "packing, small files": "same members",
+    "packing, large files": "same members",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_smoke_run_measures_every_comparison(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "benchmarks", "--smoke", "--work", str(tmp_path)]
+    proc = subprocess.run(
+        cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=280
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
+    data = json.loads((tmp_path / "report.json").read_text())
+    rows = {r["name"]: r for r in data["comparisons"]}
+    assert set(MINE) <= set(rows), sorted(rows)
+    assert data["errors"] == {}
+    for name, row in rows.items():
+        if name == SSHFS and sshfs_available() is not None:
+            assert row["skipped"], "sshfs is not available here: the row says why"
+            continue
+        assert not row["skipped"], name
+        assert len(row["baseline_s"]) == len(row["ours_s"]) == 2, name
+        assert min(row["baseline_s"] + row["ours_s"]) > 0, name
+        assert row["ratio"] > 0, name
+        assert all(row["checks"].values()), (name, row["checks"], row["note"])
+        assert f"| {name} |" in proc.stdout
+        if name in MINE:
+            assert row["checks"][MINE[name]] is True, name
+    assert data["machine"]["cores"] > 0
+    assert data["machine"]["cpu"]
+
+
+def test_samples_that_differ_are_named() -> None:
+    base = {"a%2Ejpg.jpg": "1", "a%2Ejpg.json": "2", "b%2Ejpg.jpg": "3"}
+    ours = {"a%2Ejpg.jpg": "1", "a%2Ejpg.json": "9", "c%2Ejpg.jpg": "3"}
+    equal, text = same_samples(base, ours)
+    assert not equal
+    assert "only in the baseline's tars (e.g. b%2Ejpg.jpg)" in text
+    assert "only in ours (e.g. c%2Ejpg.jpg)" in text
+    assert "with different bytes (e.g. a%2Ejpg.json)" in text
+    assert same_samples(base, dict(base)) == (True, "same 3 members (name and bytes) on both sides")
+
+
+def test_report_says_missed_and_failed_checks_plainly(tmp_path: Path) -> None:
+    slow = Comparison("x", "base", "ours", [1.0, 1.2, 5.0], [2.0, 2.2, 2.1], "<= 1.08")
+    slow.check = at_most(1.08)
+    slow.checks["same samples"] = False
+    fast = Comparison("y", "base", "ours", [4.0, 4.0], [1.0, 1.0], "<= 0.333", at_most(0.333))
+    skipped = Comparison("z", "base", "ours", skipped="sshfs needs root")
+    data = report.build([slow, fast, skipped], Config(tmp_path), {}, "shared machine")
+    table = report.markdown(data)
+    missed = "| x | base | 1.20 s | ours | 2.10 s | 1.750 | <= 1.08 | MISSED; CHECK FAILED: same"
+    assert missed in table
+    assert "| y | base | 4.00 s | ours | 1.00 s | 0.250 | <= 0.333 | met |" in table
+    assert "| z | base | - | ours | - | - | - | skipped: sshfs needs root |" in table
+    assert "shared machine" in table
+    saved = json.loads(report.write(data, tmp_path).read_text())
+    assert [r["met"] for r in saved["comparisons"]] == [False, True, None]
