@@ -22,7 +22,7 @@ from mountproc._errors import (
     MountprocError,
 )
 from mountproc._job import Job
-from mountproc._listing import Patterns, write_listing
+from mountproc._listing import ListingStats, Patterns, write_listing
 from mountproc._mounts import DISK_FULL_ERRNOS, show
 from mountproc._packaging import publish
 from mountproc._preflight import DirReport, MountReport, check_output_dir, check_source
@@ -36,8 +36,9 @@ from mountproc._records import (
     WorkerCheck,
 )
 from mountproc._resume import RunPaths, begin, remove_published, write_state
+from mountproc._sampling import write_test_listing
 from mountproc._settings import ResolvedRun
-from mountproc._sharding import Plan, ShardBounds, iter_shards, test_subset, write_plan
+from mountproc._sharding import Plan, ShardBounds, iter_shards, write_plan
 from mountproc._sourcewatch import SourceWatch
 from mountproc._worker import run_shard
 
@@ -246,23 +247,9 @@ def list_and_shard(
 ) -> tuple[Plan, int]:
     """List the source into ``paths`` (on the cluster when ``client`` is given) and shard it;
     return the plan and the number of entries listed (``run`` and ``plan`` share this)."""
-    patterns = Patterns(job.include, job.exclude)
-    with (
-        SourceWatch(run.source, run.settings.mount_timeout, "the listing") as watch,
-        _placement.lister(run, mount, client) as executor,
-    ):
-        stats = watch.run(
-            lambda: write_listing(run.source, patterns, paths.listing, watch.probe, executor)
-        )
-    subset = test_subset(paths.listing, run.settings.test_size) if run.settings.test_mode else None
+    stats = _list(job, run, paths, mount, client)
     bounds = ShardBounds(run.settings.shard_max_files, int(run.settings.shard_max_bytes))
-    plan = write_plan(paths.listing, paths.plan, bounds, subset)
-    if subset is not None:
-        log.info(
-            "test mode: %d of %d files, spread over the tree's directories",
-            plan.files,
-            stats.eligible,
-        )
+    plan = write_plan(paths.listing, paths.plan, bounds)
     log.info("%d files (%d bytes) in %d shard(s)", plan.files, plan.bytes, plan.shards)
     if plan.files == 0 and not run.settings.allow_empty:
         raise MountError(
@@ -273,6 +260,26 @@ def list_and_shard(
     totals = {"shards": plan.shards, "files": plan.files, "bytes": plan.bytes}
     write_state(paths.root, {**state, "listed": {**totals, "entries": stats.entries}})
     return plan, stats.entries
+
+
+def _list(
+    job: Job, run: ResolvedRun, paths: RunPaths, mount: MountReport, client: _cluster.Client | None
+) -> ListingStats:
+    """List the source into ``paths.listing``: in test mode only the subset, found without
+    listing the whole tree."""
+    patterns = Patterns(job.include, job.exclude)
+    s = run.settings
+    with SourceWatch(run.source, s.mount_timeout, "the listing") as watch:
+        if s.test_mode:
+            return watch.run(
+                lambda: write_test_listing(
+                    run.source, patterns, paths.listing, s.test_size, watch.probe
+                )
+            )
+        with _placement.lister(run, mount, client) as executor:
+            return watch.run(
+                lambda: write_listing(run.source, patterns, paths.listing, watch.probe, executor)
+            )
 
 
 def _specs(

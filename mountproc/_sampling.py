@@ -1,0 +1,139 @@
+"""The test-mode subset, found without listing the whole tree.
+
+``--test-mode`` takes the files ``_sharding.test_subset`` would pick from a full listing: folders
+in listing order, each giving its first file before any gives its second. A lazy, sorted,
+depth-first walk finds them by name (``d_type``: no stat per file): it stops as soon as ``size``
+folders have given a file, and otherwise keeps at most ``size`` names per folder. Only the chosen
+files are stat'ed. On a million-file share a smoke test reads a few directories, not the tree.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mountproc._listing import LISTING_SCHEMA, ListingStats, OnSick, Patterns, display_path
+from mountproc._mounts import SICK_ERRNOS
+from mountproc._records import Kind
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Folders:
+    """Eligible file names seen so far, by folder, in listing order (at most ``size`` each)."""
+
+    size: int
+    names: dict[str, list[str]] = field(default_factory=dict)
+    order: dict[str, int] = field(default_factory=dict)  # of the names kept
+    seen: int = 0
+
+    def add(self, rel: str) -> None:
+        self.seen += 1
+        files = self.names.setdefault(rel.rpartition("/")[0], [])
+        if len(files) < self.size:
+            files.append(rel)
+            self.order[rel] = self.seen
+
+    def full(self) -> bool:
+        """Enough folders for a first round of ``size`` files: the walk can stop."""
+        return len(self.names) >= self.size
+
+    def round_robin(self) -> list[str]:
+        """Up to ``size`` files: every folder's first, then every folder's second..."""
+        chosen: list[str] = []
+        depth = 0
+        while len(chosen) < self.size:
+            layer = [files[depth] for files in self.names.values() if len(files) > depth]
+            if not layer:
+                break
+            chosen += layer[: self.size - len(chosen)]
+            depth += 1
+        return sorted(chosen, key=self.order.__getitem__)  # in listing order
+
+
+def write_test_listing(
+    root: Path, patterns: Patterns, out: Path, size: int, on_sick: OnSick
+) -> ListingStats:
+    """Write the listing of the test-mode subset of ``root`` (only its files) to ``out``."""
+    folders = _Folders(size)
+    for rel in _eligible_names(root, patterns, on_sick):
+        folders.add(rel)
+        if folders.full():
+            break
+    rows = list(_stat_all(root, folders.round_robin(), on_sick))
+    table = pa.table(
+        {
+            "path": [display_path(rel) for rel, _ in rows],
+            "path_raw": [os.fsencode(rel) for rel, _ in rows],
+            "kind": [Kind.FILE.value] * len(rows),
+            "size": [st.st_size for _, st in rows],
+            "mtime_ns": [st.st_mtime_ns for _, st in rows],
+            "skip_reason": [None] * len(rows),
+        },
+        schema=LISTING_SCHEMA,
+    )
+    pq.write_table(table, out)
+    total = sum(st.st_size for _, st in rows)
+    log.info(
+        "test mode: %d files from %d folders, found by reading %d names (the tree was not "
+        "listed in full)",
+        len(rows),
+        len({rel.rpartition("/")[0] for rel, _ in rows}),
+        folders.seen,
+    )
+    return ListingStats(len(rows), len(rows), total)
+
+
+def _stat_all(
+    root: Path, chosen: list[str], on_sick: OnSick
+) -> Iterator[tuple[str, os.stat_result]]:
+    """The chosen files with their stat (one that vanished since the walk is left out)."""
+    for rel in chosen:
+        try:
+            yield rel, os.stat(root / rel, follow_symlinks=False)
+        except OSError as exc:
+            _sick(exc, on_sick)
+
+
+def _eligible_names(root: Path, patterns: Patterns, on_sick: OnSick) -> Iterator[str]:
+    """Relative paths of the regular files the full listing would select, in its order."""
+    stack = [iter(_entries(str(root), on_sick))]
+    prefixes = [""]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+            prefixes.pop()
+            continue
+        rel = prefixes[-1] + entry.name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                if not patterns.excluded(rel):
+                    stack.append(iter(_entries(entry.path, on_sick)))
+                    prefixes.append(rel + "/")
+            elif entry.is_file(follow_symlinks=False) and patterns.included(rel):
+                yield rel
+        except OSError as exc:  # d_type unknown and the stat failed: the full listing skips it
+            _sick(exc, on_sick)
+
+
+def _entries(path: str, on_sick: OnSick) -> list[os.DirEntry[str]]:
+    """The sorted entries of one directory (none if it cannot be read)."""
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        _sick(exc, on_sick)
+        return []
+
+
+def _sick(exc: OSError, on_sick: OnSick) -> None:
+    if exc.errno in SICK_ERRNOS:
+        on_sick(exc)
