@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from mountproc import _listing
+from mountproc import _dirscan, _listing
 from mountproc._listing import (
     LISTING_SCHEMA,
     Listed,
@@ -170,6 +170,18 @@ def test_non_utf8_name_in_parquet(tmp_path: Path) -> None:
     assert row["size"] == 4
 
 
+def test_a_batch_with_one_non_utf8_name_renders_every_name(tmp_path: Path) -> None:
+    """One undecodable name sends its whole batch the slow way: the other rows are unchanged."""
+    names = ["a.jpg", "café.jpg", NON_UTF8, "z\n.jpg"]
+    root = make_tree(tmp_path / "root", {n: b"x" for n in names})
+    out = tmp_path / "listing.parquet"
+    write_listing(root, ALL, out)
+    rows = read_rows(out)
+    assert [r["path_raw"] for r in rows] == sorted(os.fsencode(n) for n in names)
+    assert [r["path"] for r in rows] == [display_path(os.fsdecode(r["path_raw"])) for r in rows]
+    assert "café.jpg" in [r["path"] for r in rows]
+
+
 def test_display_path() -> None:
     assert display_path(NON_UTF8) == "caf\\xe9.jpg"
     assert display_path("café.jpg") == "café.jpg"
@@ -263,6 +275,39 @@ def test_patterns_api() -> None:
     no_patterns = Patterns([], [])
     assert no_patterns.included("anything")
     assert not no_patterns.excluded("anything")
+
+
+def test_selects_all() -> None:
+    """Only then may the crawl skip matching file names."""
+    assert Patterns([], []).selects_all
+    assert Patterns(["*"], []).selects_all
+    assert Patterns(["*.jpg", "*"], []).selects_all
+    assert not Patterns(["*.jpg"], []).selects_all
+    assert not Patterns(["*"], ["cache"]).selects_all
+    assert not Patterns([], ["*.tmp"]).selects_all
+
+
+@pytest.mark.parametrize(
+    "patterns", [ALL, Patterns(["?*"], []), Patterns(["*.jpg"], ["cache", "*.tmp"])]
+)
+def test_the_quick_way_for_files_agrees_with_the_general_one(
+    tmp_path: Path, patterns: Patterns
+) -> None:
+    """``scan`` makes a selected regular file's row itself, without ``entry_items``; for every
+    kind of entry, what it gives is what the general classification gives."""
+    make_tree(
+        tmp_path, {"a.jpg": b"aa", "b.txt": b"b", "c.tmp": b"", "cache/x.jpg": b"", "d/e": b""}
+    )
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "a.jpg")
+    (tmp_path / "dirlink").symlink_to(tmp_path / "d", target_is_directory=True)
+    (tmp_path / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    entries = _dirscan.open_dir(str(tmp_path))
+    assert not isinstance(entries, OSError)
+    for entry in entries:
+        general = _dirscan.pack(_dirscan.entry_items(entry, entry.name, patterns))
+        assert _dirscan.scan([entry], "", patterns) == general, entry.name
+    assert len(_dirscan.scan(entries, "", patterns)) > 1  # rows, then subdirectories
 
 
 # --- unreadable --------------------------------------------------------------------------------
