@@ -398,3 +398,9 @@ def executor(client: Client) -> Executor:
 def worker_count(client: Client) -> int:
     """How many workers the scheduler knows now."""
     return len(client.scheduler_info(n_workers=-1).get("workers", {}))
+
+
+def thread_count(client: Client) -> int:
+    """How many tasks the cluster's workers run at once (their threads, summed)."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return sum(int(w.get("nthreads", 1)) for w in workers.values())

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mountproc import _cluster, _placement
 from mountproc._errors import JobSetupError, MountprocError
 from mountproc._job import Job
 from mountproc._preflight import human_bytes
@@ -43,8 +44,11 @@ POLL_S = 0.2
 """How often the wait for a sampled file checks that the source mount still answers."""
 ONE_FILE = ShardBounds(1, 1 << 62)
 """Bounds that put every sampled file into a shard of its own, so each is timed alone."""
-ESTIMATE_RULE = "per-file median x files / workers"
-ESTIMATE_CAVEAT = "tar writing and a network mount add to it"
+ESTIMATE_RULE = "per-file median x files / threads"
+ESTIMATE_CAVEAT = (
+    "tar writing and a network mount add to it; threads beyond the cores help only a transform "
+    "that waits or releases the GIL"
+)
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,9 @@ class PlanReport:
     sample_error: str | None  # the first sampled file's failure reason
     setup_s: float  # a fresh process: loading the job file and running its setup, once
     per_file_s: float | None  # median over the sample; None when nothing was timed
-    workers: int
-    estimate_s: float | None  # per_file_s * files / workers
+    workers: int  # of the run's cluster: --workers, the cores, or an existing cluster's
+    threads: int  # tasks at once: workers x --threads-per-worker, or an existing cluster's
+    estimate_s: float | None  # per_file_s * files / threads
     listing_s: float  # listing and sharding
 
 
@@ -102,7 +107,7 @@ def plan_job(job: Job, ref: JobRef, run: ResolvedRun, sample: int = SAMPLE_FILES
         test = _test_plan(paths, run)
         timings = _time_sample(ref, run, paths, sample)
         skipped = _skip_reasons(paths.listing)
-    workers = s.workers or os.cpu_count() or 1
+    workers, threads = _capacity(run)
     per_file = statistics.median(timings.seconds) if timings.seconds else None
     return PlanReport(
         source=str(run.source),
@@ -123,7 +128,8 @@ def plan_job(job: Job, ref: JobRef, run: ResolvedRun, sample: int = SAMPLE_FILES
         setup_s=timings.setup_s,
         per_file_s=per_file,
         workers=workers,
-        estimate_s=None if per_file is None else per_file * plan.files / workers,
+        threads=threads,
+        estimate_s=None if per_file is None else per_file * plan.files / threads,
         listing_s=listing_s,
     )
 
@@ -369,12 +375,22 @@ def _sample_text(r: PlanReport) -> str:
     )
 
 
+def _capacity(run: ResolvedRun) -> tuple[int, int]:
+    """The workers and threads the run would have: an existing cluster's are counted."""
+    s = run.settings
+    if s.scheduler and run.distributed is None:
+        with _cluster.open_cluster(_placement.cluster_options(run)) as client:
+            return _cluster.worker_count(client), _cluster.thread_count(client)
+    workers = s.workers or os.cpu_count() or 1
+    return workers, workers * s.threads_per_worker
+
+
 def _estimate_text(r: PlanReport) -> str:
     if r.estimate_s is None:
         return "none (no files were timed)"
     return (
-        f"{_duration(r.estimate_s)} on {_count(r.workers, 'worker')} "
-        f"({ESTIMATE_RULE}; {ESTIMATE_CAVEAT})"
+        f"{_duration(r.estimate_s)} on {_count(r.workers, 'worker')}, "
+        f"{_count(r.threads, 'thread')} ({ESTIMATE_RULE}; {ESTIMATE_CAVEAT})"
     )
 
 

@@ -141,10 +141,38 @@ def test_the_estimate_is_the_median_times_files_over_workers(tmp_path: Path) -> 
     assert report.per_file_s is not None
     assert report.per_file_s > 0
     assert report.setup_s > 0
-    assert report.workers == os.cpu_count()
-    assert report.estimate_s == pytest.approx(report.per_file_s * report.files / report.workers)
+    assert report.workers == report.threads == os.cpu_count()
+    assert report.estimate_s == pytest.approx(report.per_file_s * report.files / report.threads)
     # a --test-size above the tree's size takes every file, in the run's shards
     assert (report.test_files, report.test_shards) == (report.files, report.shards) == (12, 1)
+
+
+def test_the_estimate_counts_threads_per_worker(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    make_sample_tree(src, count=12)
+    ref, job = _resize()
+    run = _resolved(job, src, tmp_path / "out", workers=3, threads_per_worker=4)
+    report = plan_job(job, ref, run, sample=2)
+    assert (report.workers, report.threads) == (3, 12)
+    assert report.per_file_s is not None
+    assert report.estimate_s == pytest.approx(report.per_file_s * report.files / 12)
+
+
+@pytest.mark.cluster
+def test_the_estimate_counts_an_existing_clusters_threads(tmp_path: Path) -> None:
+    """A real scheduler with two workers of 3 threads: 6 tasks at once, whatever the settings
+    of this machine say."""
+    from distributed import LocalCluster
+
+    src = tmp_path / "src"
+    make_sample_tree(src, count=12)
+    ref, job = _resize()
+    with LocalCluster(
+        n_workers=2, threads_per_worker=3, processes=False, dashboard_address=None
+    ) as cluster:
+        run = _resolved(job, src, tmp_path / "out", scheduler=cluster.scheduler_address)
+        report = plan_job(job, ref, run, sample=2)
+    assert (report.workers, report.threads) == (2, 6)
 
 
 def test_bad_files_in_the_sample_are_counted_as_failed(tmp_path: Path, system_temp: Path) -> None:
@@ -261,6 +289,7 @@ def test_render() -> None:
         setup_s=1.25,
         per_file_s=0.041,
         workers=2,
+        threads=2,
         estimate_s=240.0,
         listing_s=3.14159,
     )
@@ -275,8 +304,9 @@ def test_render() -> None:
         "test mode    100 files in 1 shard (--test-size 100)",
         "sample       8 files: 0.041 s per file (median), setup 1.25 s per worker process; "
         "0 failed",
-        "estimate     about 4 min on 2 workers (per-file median x files / workers; tar writing "
-        "and a network mount add to it)",
+        "estimate     about 4 min on 2 workers, 2 threads (per-file median x files / threads; "
+        "tar writing and a network mount add to it; threads beyond the cores help only a "
+        "transform that waits or releases the GIL)",
         "outputs      nothing written",
     ]
 
