@@ -17,6 +17,7 @@ from mountproc._errors import (
     UsageError,
     VerificationFailed,
     WorkerMountError,
+    WorkersLostError,
 )
 from mountproc._job import Context, Job, NoParams, Skip, SourceFile
 
@@ -42,5 +43,6 @@ __all__ = [
     "UsageError",
     "VerificationFailed",
     "WorkerMountError",
+    "WorkersLostError",
     "__version__",
 ]

@@ -23,7 +23,7 @@ from distributed import Client as Client  # re-exported for type hints in the ru
 from distributed import LocalCluster, as_completed, get_worker
 from distributed.security import Security
 
-from mountproc._errors import ClusterError, MountprocError
+from mountproc._errors import ClusterError, MountprocError, WorkersLostError
 from mountproc._mounts import note_stuck
 from mountproc._packaging import read_chunk, remove_file
 from mountproc._preflight import check_worker
@@ -398,6 +398,54 @@ def executor(client: Client) -> Executor:
 def worker_count(client: Client) -> int:
     """How many workers the scheduler knows now."""
     return len(client.scheduler_info(n_workers=-1).get("workers", {}))
+
+
+class WorkerWatch:
+    """Notices a cluster left without any worker (killed, evicted, scaled to zero): tasks would
+    wait for one forever. After ``grace_s`` without a worker it calls ``on_lost`` and
+    ``check()`` raises ``WorkersLostError``."""
+
+    POLL_S = 1.0
+
+    def __init__(self, client: Client, grace_s: float, on_lost: Callable[[], None]) -> None:
+        self._client, self._grace_s, self._on_lost = client, grace_s, on_lost
+        self._stop = threading.Event()
+        self._error: WorkersLostError | None = None
+        self._thread = threading.Thread(target=self._run, name="mountproc-workers", daemon=True)
+
+    def __enter__(self) -> WorkerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def check(self) -> None:
+        """Raise ``WorkersLostError`` once the cluster has been without workers too long."""
+        if self._error is not None:
+            raise self._error
+
+    def _address(self) -> str:
+        return str(getattr(self._client.scheduler, "address", None) or "the scheduler")
+
+    def _run(self) -> None:
+        since: float | None = None
+        while not self._stop.wait(self.POLL_S):
+            try:
+                alive = worker_count(self._client) > 0
+            except Exception:  # the scheduler itself is unreachable: distributed reports that
+                continue
+            now = time.monotonic()
+            since = None if alive else (since or now)
+            if since is not None and now - since >= self._grace_s:
+                self._error = WorkersLostError(
+                    f"every Dask worker left the cluster at {self._address()} and "
+                    f"none joined again within {self._grace_s:g} s (--worker-wait): start workers "
+                    "(e.g. mountproc worker ADDRESS), then run the same command again to resume"
+                )
+                self._on_lost()
+                return
 
 
 def thread_count(client: Client) -> int:

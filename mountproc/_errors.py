@@ -13,6 +13,7 @@
     ├── VerificationFailed (1) ... a published tar is truncated, altered, missing or unlisted
     └── RunAbortedError (1) ...... the run's environment failed mid-run; a rerun can go on
         ├── SourceLostError ...... the source mount stopped answering
+        ├── WorkersLostError ..... every Dask worker left the cluster and none came back
         └── DiskFullError ........ scratch or outputs ran out of space
 
 Per-file problems are never exceptions across module boundaries: they are records with a
@@ -76,6 +77,10 @@ class RunAbortedError(MountprocError):
 
 class SourceLostError(RunAbortedError):
     """The source mount stopped answering (server gone, stale handle, or blocked)."""
+
+
+class WorkersLostError(RunAbortedError):
+    """Every Dask worker left the cluster and none joined again in time."""
 
 
 class DiskFullError(RunAbortedError):

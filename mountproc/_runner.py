@@ -324,9 +324,13 @@ def _execute(
     if progress is not None:  # the starting point: what earlier runs already did
         progress(_progress_event(tally))
     try:
-        with SourceWatch(run.source, timeout, "the run", on_lost=stream.cancel) as watch:
+        with (
+            SourceWatch(run.source, timeout, "the run", on_lost=stream.cancel) as watch,
+            _cluster.WorkerWatch(client, run.settings.worker_wait, stream.cancel) as workers,
+        ):
             for spec, outcome, worker in stream:
                 watch.check()
+                workers.check()
                 # a tar is published together with its record, or not at all
                 # a copy may take long: Ctrl-C interrupts it (the shard is redone on a rerun)
                 brought = _disk_full_is_an_error(

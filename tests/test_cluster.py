@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -18,7 +19,7 @@ from typing import Any
 
 import pytest
 from conftest import RESIZE_JOB, clean_env, read_manifest, run_cli, tar_digests
-from netfs import wait_until
+from netfs import descendants, wait_until
 from tlscerts import Pem, issue, make_ca, openssl_available
 
 from mountproc._samples import make_sample_tree
@@ -478,3 +479,56 @@ def test_crawl_on_the_workers_gives_the_manifest_of_a_serial_crawl(
     for name in ("threads", "cluster"):
         assert read_manifest(tmp_path / name, "sizes") == expected, name
         assert tar_digests(tmp_path / name) == tar_digests(tmp_path / "serial"), name
+
+
+SLOW_TEXT_JOB = """
+import time
+from mountproc import Job
+job = Job(name="slow-text")
+
+@job.transform
+def copy(src, ctx):
+    time.sleep(0.5)
+    return {"txt": src.read_bytes()}
+"""
+
+
+def test_a_cluster_left_without_workers_stops_the_run_with_one_line(tmp_path: Path) -> None:
+    """The only worker (and its nanny) is killed mid-run: instead of waiting for a worker
+    forever, the run stops after --worker-wait, publishes what was complete, and says so."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"{i:02d}.txt").write_text(str(i))
+    job = tmp_path / "slow_job.py"
+    job.write_text(SLOW_TEXT_JOB)
+    out = tmp_path / "out"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        address = _start_scheduler(tmp_path, procs)
+        worker = _start(_worker_cmd(address), tmp_path)
+        procs.append(worker)
+        _wait_for_workers(address, 1)
+        run = subprocess.Popen(
+            [sys.executable, "-m", "mountproc", "run", str(job), "--source", str(src),
+             "--outputs", str(out), "--scheduler", address, "--worker-wait", "3",
+             "--shard-max-files", "4"],
+            cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        procs.append(run)  # type: ignore[arg-type]
+        wait_until(lambda: any(out.glob("*.tar")), 60, "a first published tar")
+        children = descendants(worker.pid)  # the worker process under `dask worker`'s nanny
+        worker.kill()  # the nanny first: it would start a new worker
+        for child in children:
+            child.signal(signal.SIGKILL)
+        _, stderr = run.communicate(timeout=60)
+    finally:
+        _stop(procs)
+    assert run.returncode == 1, stderr
+    assert f"every Dask worker left the cluster at {address}" in stderr
+    assert "within 3 s (--worker-wait)" in stderr
+    assert "Traceback" not in stderr
+    published = sorted(p.name for p in out.glob("*.tar"))
+    assert 1 <= len(published) < 10
+    assert (out / "valohai.metadata.jsonl").exists()
