@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from contextlib import closing
 from dataclasses import dataclass
@@ -57,6 +57,8 @@ CHUNK_ENTRIES = 1_000
 """...of this many entries each: on NFS or sshfs every stat is a round trip to hide."""
 WINDOW = 64
 """Tasks in flight at most in a parallel crawl."""
+SLICE = 5_000
+"""Entries of a directory the serial crawl classifies at a time."""
 
 LISTING_SCHEMA = pa.schema(
     [
@@ -149,16 +151,31 @@ _Item = ScanItem | _Chunk
 
 def _list_dir(
     path: str, rel: str, patterns: Patterns, split: int | None = None, chunk: int = 0
-) -> Sequence[_Item]:
-    """One directory's items in order; above ``split`` entries, chunks still to classify."""
+) -> Iterable[_Item]:
+    """One directory's items in order; above ``split`` entries, chunks still to classify;
+    without ``split`` (the serial crawl), lazily."""
     entries = open_dir(path)
     if isinstance(entries, OSError):
         return pack(unreadable(entries, rel or ".", "cannot list directory"))
     prefix = rel + "/" if rel else ""
-    if split is None or len(entries) <= split:
+    if split is None:
+        return _scan_slices(entries, prefix, patterns)
+    if len(entries) <= split:
         return scan(entries, prefix, patterns)
     facts = [_facts(e) for e in entries]
     return [_Chunk(path, prefix, tuple(facts[i : i + chunk])) for i in range(0, len(facts), chunk)]
+
+
+def _scan_slices(
+    entries: list[os.DirEntry[str]], prefix: str, patterns: Patterns
+) -> Iterator[ScanItem]:
+    """The serial crawl's items of a directory, ``SLICE`` entries at a time, letting go of each
+    ``DirEntry`` (and the stat result it caches) once classified: a flat directory of a million
+    files holds a million entries, not a million stat results and rows besides."""
+    entries.reverse()
+    while entries:
+        piece = [entries.pop() for _ in range(min(SLICE, len(entries)))]
+        yield from scan(piece, prefix, patterns)
 
 
 # --- the parallel crawl: tasks take and return plain, picklable data -----------------------------
@@ -251,6 +268,7 @@ def write_listing(
             while len(pending) >= BATCH_ROWS:
                 stats = _write(writer, pending.take(BATCH_ROWS), stats)
         stats = _write(writer, pending, stats)
+    pa.default_memory_pool().release_unused()  # mimalloc (the usual pool) keeps what was freed
     log.info("listed %d entries under %s: %d files to process", stats.entries, root, stats.eligible)
     return stats
 

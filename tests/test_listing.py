@@ -431,6 +431,22 @@ def test_small_batches_write_the_same_content(
     assert pq.ParquetFile(small_out).metadata.num_row_groups > 1  # batching really happened
 
 
+def test_slices_of_a_directory_give_the_same_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serial crawl classifies a directory a slice at a time (to let go of the entries and
+    their stats): slices of any size give the same rows, in the same order."""
+    root = make_tree(tmp_path / "root", {rel: rel.encode() for rel in _many_files(103)})
+    (root / "d1" / "link.jpg").symlink_to(root / "f0000.png")
+    os.mkfifo(root / "d2" / "pipe.jpg")
+    patterns = Patterns(["*.jpg"], ["d3"])
+    whole = listed(root, patterns)
+    for size in (1, 2, 7):
+        monkeypatch.setattr(_listing, "SLICE", size)
+        assert listed(root, patterns) == whole
+    assert len(whole) == 103 + 2 - 16 + 1  # d3's 16 files pruned, its directory row kept
+
+
 def test_crawl_is_lazy(tmp_path: Path) -> None:
     """The crawl is a generator: the first row comes before later directories are read."""
     make_tree(tmp_path, {"a/1.jpg": b"", "b/2.jpg": b""})
