@@ -75,7 +75,7 @@ def succeeded(data: dict[str, object]) -> bool:
     """No errors, every comparison measured or skipped with a reason, every check passed."""
     rows = data["comparisons"]
     assert isinstance(rows, list)
-    measured = all(r["skipped"] or r["ratio"] is not None for r in rows)
+    measured = all(r["skipped"] or (r["ratio"] is not None and not r["error"]) for r in rows)
     return not data["errors"] and measured and all(r["checks_passed"] for r in rows)
 
 

@@ -23,6 +23,7 @@ from benchmarks.common import (
     cache_note,
     camera_jpegs,
     mountproc_run,
+    recording_errors,
     subprocess_side,
     tar_members,
     warm_libraries,
@@ -46,6 +47,13 @@ def run(cfg: Config) -> list[Comparison]:
         target=f"ratio <= {TARGET:g} (3x faster)",
         check=at_most(TARGET),
     )
+    with recording_errors(cmp):
+        measure(cfg, cmp, data, images)
+    return [cmp]
+
+
+def measure(cfg: Config, cmp: Comparison, data: Path, images: int) -> None:
+    """Time both sides on ``data``, then check that both made an output for every image."""
     base_out, ours_out = cfg.work / "runs" / "e2e" / "serial", cfg.work / "runs" / "e2e" / "ours"
     log.info("%s: %d repeats", cmp.name, cfg.repeats)
     serial = subprocess_side(base_out, lambda out: [sys.executable, SERIAL_SCRIPT, data, out])
@@ -59,7 +67,6 @@ def run(cfg: Config) -> list[Comparison]:
         "75, mountproc fits within 224x224 keeping the aspect (JPEG draft decoding, quality 90); "
         f"{cache_note(cfg)}"
     )
-    return [cmp]
 
 
 def serial_count(tar_path: Path) -> int:

@@ -26,6 +26,7 @@ from benchmarks.common import (
     alternate,
     at_most,
     cached_dir,
+    recording_errors,
     same_samples,
     tar_members,
 )
@@ -57,12 +58,6 @@ def run(cfg: Config) -> list[Comparison]:
 
 def compare(cfg: Config, case: str, count: int, sizes: tuple[int, int]) -> Comparison:
     """Time both writers on one shard of ``count`` files sized within ``sizes``."""
-    root = cached_dir(
-        cfg.work / "data" / f"pack-{case}-{count}-{sizes[0]}-{sizes[1]}",
-        lambda tmp: make_files(tmp, count, sizes),
-    )
-    names = sorted(p.name for p in root.iterdir())
-    total = sum((root / n).stat().st_size for n in names)
     cmp = Comparison(
         name=f"packing, {case} files",
         baseline="GNU tar -cf + fsync",
@@ -70,23 +65,33 @@ def compare(cfg: Config, case: str, count: int, sizes: tuple[int, int]) -> Compa
         target="ratio <= 1.43 (throughput >= 0.7x GNU tar's)",
         check=at_most(TARGET),
     )
+    with recording_errors(cmp):
+        root = cached_dir(
+            cfg.work / "data" / f"pack-{case}-{count}-{sizes[0]}-{sizes[1]}",
+            lambda tmp: make_files(tmp, count, sizes),
+        )
+        measure(cheap(cfg), cmp, root, case)
+    return cmp
+
+
+def measure(cfg: Config, cmp: Comparison, root: Path, case: str) -> None:
+    """Time both writers on the files of ``root``, then check that both tars hold them."""
+    names = sorted(p.name for p in root.iterdir())
+    sizes = [(root / n).stat().st_size for n in names]
     out = cfg.work / "runs" / "packing"
     out.mkdir(parents=True, exist_ok=True)
-    gnu, ours = gnu_side(root, names, out / f"gnu-{case}.tar"), ours_side(root, names, out)
+    gnu_tar, ours_tar = out / f"gnu-{case}.tar", out / f"ours-{case}.tar"
+    gnu, ours = gnu_side(root, names, gnu_tar), ours_side(root, names, ours_tar)
     gnu(0)(), ours(0)()  # warm-up: the page cache holds the files for both
-    cfg = cheap(cfg)
     log.info("%s: %d repeats", cmp.name, cfg.repeats)
     alternate(cfg, cmp, gnu, ours)  # no inputs to evict: warm
-    equal, text = same_samples(
-        tar_members([out / f"gnu-{case}.tar"]), tar_members([out / "ours.tar"])
-    )
+    equal, text = same_samples(tar_members([gnu_tar]), tar_members([ours_tar]))
     cmp.checks["same members"] = equal
-    mb = total / 1e6
     cmp.note = (
-        f"{count} files of {sizes[0] // 1000}-{sizes[1] // 1000} KB, {mb:.0f} MB; {text}; "
-        "warm page cache, both read the files and fsync the tar"
+        f"{len(names)} files of {min(sizes) / 1000:.0f}-{max(sizes) / 1000:.0f} KB, "
+        f"{sum(sizes) / 1e6:.0f} MB; {text}; warm page cache, both read the files and fsync "
+        "the tar"
     )
-    return cmp
 
 
 def cheap(cfg: Config) -> Config:
@@ -127,9 +132,8 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
-def ours_side(root: Path, names: list[str], out: Path) -> Side:
+def ours_side(root: Path, names: list[str], tar: Path) -> Side:
     """Read each file and add it to a ``TarBuilder``, which fsyncs and renames on close."""
-    tar = out / "ours.tar"
 
     def build() -> None:
         with TarBuilder(tar) as builder:

@@ -24,6 +24,7 @@ from benchmarks.common import (
     cache_note,
     camera_jpegs,
     mountproc_run,
+    recording_errors,
     same_samples,
     sshfs_mount,
     sshfs_unavailable,
@@ -44,31 +45,28 @@ def run(cfg: Config) -> list[Comparison]:
     """Pool against mountproc on local disk and, when possible, over sshfs."""
     data = camera_jpegs(cfg)
     warm_libraries()
-    found = [compare(cfg, data, data, LOCAL_NAME, LOCAL_TARGET)]
-    reason = sshfs_unavailable(cfg)
-    if reason is not None:
-        log.warning("skipping framework overhead over sshfs: %s", reason)
-        skipped = Comparison(SSHFS_NAME, BASELINE, OURS)
-        skipped.skipped = reason
-        return [*found, skipped]
-    with sshfs_mount(cfg, data, "pool") as mounted:
-        found.append(compare(cfg, mounted, data, SSHFS_NAME, SSHFS_TARGET))
-    return found
+    local, remote = comparison(LOCAL_NAME, LOCAL_TARGET), comparison(SSHFS_NAME, SSHFS_TARGET)
+    with recording_errors(local):
+        measure(cfg, local, data, data, "pool-local")
+    remote.skipped = sshfs_unavailable(cfg) or ""
+    if remote.skipped:
+        log.warning("skipping %s: %s", remote.name, remote.skipped)
+        return [local, remote]
+    with recording_errors(remote), sshfs_mount(cfg, data, "pool") as mounted:
+        measure(cfg, remote, mounted, data, "pool-sshfs")
+    return [local, remote]
 
 
-def compare(cfg: Config, source: Path, inputs: Path, name: str, target: float) -> Comparison:
-    """Time both sides on ``source`` (``inputs`` on local disk), then check that their samples
-    are equal."""
+def comparison(name: str, target: float) -> Comparison:
+    """An empty Pool-against-mountproc comparison with its target."""
+    return Comparison(name, BASELINE, OURS, target=f"ratio <= {target:g}", check=at_most(target))
+
+
+def measure(cfg: Config, cmp: Comparison, source: Path, inputs: Path, runs: str) -> None:
+    """Time both sides on ``source`` (``inputs``: the same files on local disk, evicted from
+    the page cache before every run), then check that their samples are equal."""
     images = count_images(source)
-    cmp = Comparison(
-        name=name,
-        baseline=BASELINE,
-        ours=OURS,
-        target=f"ratio <= {target:g}",
-        check=at_most(target),
-    )
-    runs = cfg.work / "runs" / ("pool-sshfs" if source != inputs else "pool-local")
-    base_out, ours_out = runs / "pool", runs / "ours"
+    base_out, ours_out = cfg.work / "runs" / runs / "pool", cfg.work / "runs" / runs / "ours"
     log.info("%s: %d repeats", cmp.name, cfg.repeats)
     pool = subprocess_side(base_out, pool_command(source))
     alternate(cfg, cmp, pool, subprocess_side(ours_out, mountproc_run(source)), inputs)
@@ -80,7 +78,6 @@ def compare(cfg: Config, source: Path, inputs: Path, name: str, target: float) -
         f"{images} JPEGs; {text}; {cache_note(cfg)}; both as subprocesses, "
         f"{os.cpu_count()} pool processes / local workers"
     )
-    return cmp
 
 
 def count_images(source: Path) -> int:

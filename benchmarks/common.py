@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import logging
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -47,6 +49,7 @@ class Comparison:
     note: str = ""  # e.g. what was verified equal, or why a target is missed
     checks: dict[str, bool] = field(default_factory=dict)  # harness checks, e.g. same samples
     skipped: str = ""  # why this comparison was not measured here (e.g. no sshfs without root)
+    error: str = ""  # what went wrong measuring it (e.g. a run that failed or hung)
 
     @property
     def ratio(self) -> float:
@@ -72,6 +75,7 @@ RESIZE_JOB = REPO / "jobs" / "resize_images.py"
 BASELINES = Path(__file__).resolve().parent / "baselines"
 _LEAKY_ENV = ("MOUNTPROC_", "VH_", "DASK_", "TEST_MODE")
 _DONE = ".complete"
+STOP_GRACE_S = 20.0
 
 
 def at_most(limit: float) -> Callable[[float], bool]:
@@ -87,20 +91,54 @@ def bench_env() -> dict[str, str]:
     return env
 
 
-def run_quiet(cmd: Sequence[str | Path], timeout: float = 3600) -> None:
-    """Run a benchmark subprocess; raise with the end of its output if it fails."""
-    proc = subprocess.run(
-        [str(c) for c in cmd],
+def run_quiet(cmd: Sequence[str | Path], timeout: float = 1200) -> None:
+    """Run a benchmark subprocess in a session of its own; raise with the end of its output if
+    it fails, or if it overruns ``timeout``: then its whole process group is stopped (a hung
+    ``mountproc run`` leaves no Dask worker behind)."""
+    args = [str(c) for c in cmd]
+    with subprocess.Popen(
+        args,
         env=bench_env(),
         cwd=REPO,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=timeout,
-        check=False,
-    )
+        start_new_session=True,
+    ) as proc:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop_group(proc)
+            out, _ = proc.communicate()
+            raise RuntimeError(
+                f"{' '.join(args)} did not finish in {timeout:g} s (hung?); stopped it:\n"
+                f"{out[-3000:]}"
+            ) from None
     if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr)[-3000:]
-        raise RuntimeError(f"{' '.join(map(str, cmd))} exited {proc.returncode}:\n{tail}")
+        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{out[-3000:]}")
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM the process group ``proc`` leads, give it time, then SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=STOP_GRACE_S)
+    time.sleep(1.0)  # the group's other members (Dask workers) end after their leader
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def recording_errors(cmp: Comparison) -> Iterator[None]:
+    """Run the block; an exception becomes ``cmp.error`` so that the other comparisons still
+    run and the report says what failed."""
+    try:
+        yield
+    except Exception as exc:
+        logging.getLogger(__name__).exception("%s failed", cmp.name)
+        cmp.error = " ".join(f"{type(exc).__name__}: {exc}".split())[:1500]
 
 
 def drop_caches() -> bool:

@@ -77,7 +77,9 @@ def row(cmp: Comparison) -> dict[str, Any]:
 
 def _verdict(cmp: Comparison, measured: bool) -> str:
     failed = [name for name, ok in cmp.checks.items() if not ok]
-    if cmp.skipped:
+    if cmp.error:
+        text = "ERROR (see below)"
+    elif cmp.skipped:
         text = f"skipped: {cmp.skipped}"
     elif not measured:
         text = "NO NUMBERS"
@@ -105,7 +107,9 @@ def build(
 def _amount(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    return f"{value:.2f} s" if unit == "s" else f"{value:.4g} {unit}"
+    if unit == "s":
+        return f"{value:.2f} s" if value >= 1 else f"{value * 1000:.1f} ms"
+    return f"{value:.4g} {unit}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -129,6 +133,7 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines.append("")
     lines += [f"- {r['name']}: {r['note']}" for r in report["comparisons"] if r["note"]]
+    lines += [f"- {r['name']}: ERROR {r['error']}" for r in report["comparisons"] if r["error"]]
     lines += [f"- ERROR in {name}: {text}" for name, text in report["errors"].items()]
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,7 @@ if str(REPO) not in sys.path:  # the benchmarks package lives beside mountproc, 
     sys.path.insert(0, str(REPO))
 
 from benchmarks import report
-from benchmarks.common import Comparison, Config, at_most, same_samples
+from benchmarks.common import Comparison, Config, at_most, run_quiet, same_samples
 
 SSHFS = "framework overhead, sshfs on 127.0.0.1"
 MINE = {
@@ -45,6 +45,7 @@ def test_smoke_run_measures_every_comparison(tmp_path: Path) -> None:
             assert row["skipped"], "sshfs is not available here: the row says why"
             continue
         assert not row["skipped"], name
+        assert not row["error"], (name, row["error"])
         assert len(row["baseline_s"]) == len(row["ours_s"]) == 2, name
         assert min(row["baseline_s"] + row["ours_s"]) > 0, name
         assert row["ratio"] > 0, name
@@ -73,12 +74,38 @@ def test_report_says_missed_and_failed_checks_plainly(tmp_path: Path) -> None:
     slow.checks["same samples"] = False
     fast = Comparison("y", "base", "ours", [4.0, 4.0], [1.0, 1.0], "<= 0.333", at_most(0.333))
     skipped = Comparison("z", "base", "ours", skipped="sshfs needs root")
-    data = report.build([slow, fast, skipped], Config(tmp_path), {}, "shared machine")
+    hung = Comparison("h", "base", "ours", [3.0], [], "<= 1", at_most(1.0), error="it hung")
+    data = report.build([slow, fast, skipped, hung], Config(tmp_path), {}, "shared machine")
     table = report.markdown(data)
     missed = "| x | base | 1.20 s | ours | 2.10 s | 1.750 | <= 1.08 | MISSED; CHECK FAILED: same"
     assert missed in table
     assert "| y | base | 4.00 s | ours | 1.00 s | 0.250 | <= 0.333 | met |" in table
     assert "| z | base | - | ours | - | - | - | skipped: sshfs needs root |" in table
+    assert "| h | base | - | ours | - | - | <= 1 | ERROR (see below) |" in table
+    assert "- h: ERROR it hung" in table
     assert "shared machine" in table
     saved = json.loads(report.write(data, tmp_path).read_text())
-    assert [r["met"] for r in saved["comparisons"]] == [False, True, None]
+    assert [r["met"] for r in saved["comparisons"]] == [False, True, None, None]
+
+
+def test_a_hung_run_is_stopped_with_its_children(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(300)\n"
+    )
+    with pytest.raises(RuntimeError, match="did not finish in 3 s"):
+        run_quiet([sys.executable, "-c", script], timeout=3)
+    grandchild = int(pid_file.read_text())
+    assert stat_state(grandchild) in ("", "Z"), "the run's child outlived it"
+
+
+def stat_state(pid: int) -> str:
+    """The state letter of a process (``Z`` for a zombie), or "" once it is gone."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return ""
+    return data[data.rindex(")") + 2]
