@@ -76,6 +76,7 @@ BASELINES = Path(__file__).resolve().parent / "baselines"
 _LEAKY_ENV = ("MOUNTPROC_", "VH_", "DASK_", "TEST_MODE")
 _DONE = ".complete"
 STOP_GRACE_S = 20.0
+RUN_TIMEOUT_S = 600.0  # one run of a side over 2,000 camera JPEGs takes under a minute
 
 
 def at_most(limit: float) -> Callable[[float], bool]:
@@ -296,13 +297,15 @@ def same_samples(baseline: dict[str, str], ours: dict[str, str]) -> tuple[bool, 
     return False, "samples differ: " + "; ".join(parts)
 
 
-def subprocess_side(out: Path, command: Callable[[Path], Sequence[str | Path]]) -> Side:
+def subprocess_side(
+    out: Path, command: Callable[[Path], Sequence[str | Path]], timeout: float = RUN_TIMEOUT_S
+) -> Side:
     """A side that runs ``command(out)`` as a subprocess, into a fresh ``out`` every repeat."""
 
     def prepare(_: int) -> Callable[[], object]:
         fresh_dir(out)
         cmd = command(out)
-        return lambda: run_quiet(cmd)
+        return lambda: run_quiet(cmd, timeout)
 
     return prepare
 
