@@ -11,14 +11,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import benchmarks
 from benchmarks import report
-from benchmarks.common import Comparison, Config
+from benchmarks.common import DASK_PROFILER_ENV, Comparison, Config
 
 log = logging.getLogger("benchmarks")
 
@@ -42,6 +44,11 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=DEFAULT_WORK, help="data, runs and report.json")
     p.add_argument("--no-sshfs", action="store_true", help="skip the sshfs comparisons")
     p.add_argument("--warm", action="store_true", help="never evict inputs from the page cache")
+    p.add_argument(
+        "--no-dask-profiler",
+        action="store_true",
+        help="diagnosis: turn off the Dask workers' statistical profiler in mountproc's runs",
+    )
     p.add_argument("--images", type=int, default=0, help="camera JPEGs (default 2000, smoke 24)")
     p.add_argument("--note", default="", help="a remark for the report, e.g. 'shared machine'")
     args = p.parse_args(argv)
@@ -79,19 +86,28 @@ def succeeded(data: dict[str, object]) -> bool:
     return not data["errors"] and measured and all(r["checks_passed"] for r in rows)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, print the Markdown table, write ``WORK/report.json``; return the exit status."""
     args = parse(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # unmount and stop what runs, as on Ctrl-C
+    note = args.note
+    if args.no_dask_profiler:
+        os.environ[DASK_PROFILER_ENV] = "False"
+        note = f"{note}; Dask worker profiler off (--no-dask-profiler)".lstrip("; ")
     repeats = args.repeats or (2 if args.smoke else 3)
     cfg = Config(args.work, args.smoke, repeats, not args.no_sshfs, not args.warm, args.images)
     cfg.work.mkdir(parents=True, exist_ok=True)
     comparisons, errors = run_all(cfg, args.only or available())
-    data = report.build(comparisons, cfg, errors, args.note)
+    data = report.build(comparisons, cfg, errors, note)
     sys.stdout.write(report.markdown(data))
-    log.info("report saved to %s", report.write(data, cfg.work))
+    log.info("report saved to %s", report.write(data, cfg.work, args.only or ()))
     return 0 if succeeded(data) else 1
 
 

@@ -74,6 +74,8 @@ REPO = Path(__file__).resolve().parent.parent
 RESIZE_JOB = REPO / "jobs" / "resize_images.py"
 BASELINES = Path(__file__).resolve().parent / "baselines"
 _LEAKY_ENV = ("MOUNTPROC_", "VH_", "DASK_", "TEST_MODE")
+DASK_PROFILER_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
+"""Kept in a subprocess's environment: ``--no-dask-profiler`` sets it (see ``__main__``)."""
 _DONE = ".complete"
 STOP_GRACE_S = 20.0
 RUN_TIMEOUT_S = 600.0  # one run of a side over 2,000 camera JPEGs takes under a minute
@@ -87,7 +89,11 @@ def at_most(limit: float) -> Callable[[float], bool]:
 def bench_env() -> dict[str, str]:
     """This process's environment for a benchmark subprocess: no mountproc, Valohai or Dask
     settings leak in, and this checkout's ``mountproc`` is importable from any directory."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_ENV)}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(_LEAKY_ENV) or k == DASK_PROFILER_ENV
+    }
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
     return env
 
@@ -108,8 +114,10 @@ def run_quiet(cmd: Sequence[str | Path], timeout: float = 1200) -> None:
     ) as proc:
         try:
             out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except BaseException as exc:  # a timeout, or this harness interrupted: stop the run
             _stop_group(proc)
+            if not isinstance(exc, subprocess.TimeoutExpired):
+                raise
             out, _ = proc.communicate()
             raise RuntimeError(
                 f"{' '.join(args)} did not finish in {timeout:g} s (hung?); stopped it:\n"

@@ -138,9 +138,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(report: dict[str, Any], work: Path) -> Path:
-    """Save the report as ``work/report.json``; return its path."""
-    path = work / REPORT_NAME
+def write(report: dict[str, Any], work: Path, only: Sequence[str] = ()) -> Path:
+    """Save the report as ``work/report.json`` (``report-NAME-....json`` for a run of only some
+    benchmarks, so that it does not replace a whole run's); return its path."""
+    path = work / (f"report-{'-'.join(only)}.json" if only else REPORT_NAME)
     path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return path
 
