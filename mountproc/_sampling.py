@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -21,53 +20,21 @@ import pyarrow.parquet as pq
 from mountproc._listing import LISTING_SCHEMA, ListingStats, OnSick, Patterns, display_path
 from mountproc._mounts import SICK_ERRNOS
 from mountproc._records import Kind
+from mountproc._sharding import RoundRobin
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Folders:
-    """Eligible file names seen so far, by folder, in listing order (at most ``size`` each)."""
-
-    size: int
-    names: dict[str, list[str]] = field(default_factory=dict)
-    order: dict[str, int] = field(default_factory=dict)  # of the names kept
-    seen: int = 0
-
-    def add(self, rel: str) -> None:
-        self.seen += 1
-        files = self.names.setdefault(rel.rpartition("/")[0], [])
-        if len(files) < self.size:
-            files.append(rel)
-            self.order[rel] = self.seen
-
-    def full(self) -> bool:
-        """Enough folders for a first round of ``size`` files: the walk can stop."""
-        return len(self.names) >= self.size
-
-    def round_robin(self) -> list[str]:
-        """Up to ``size`` files: every folder's first, then every folder's second..."""
-        chosen: list[str] = []
-        depth = 0
-        while len(chosen) < self.size:
-            layer = [files[depth] for files in self.names.values() if len(files) > depth]
-            if not layer:
-                break
-            chosen += layer[: self.size - len(chosen)]
-            depth += 1
-        return sorted(chosen, key=self.order.__getitem__)  # in listing order
 
 
 def write_test_listing(
     root: Path, patterns: Patterns, out: Path, size: int, on_sick: OnSick
 ) -> ListingStats:
     """Write the listing of the test-mode subset of ``root`` (only its files) to ``out``."""
-    folders = _Folders(size)
+    folders: RoundRobin[str] = RoundRobin(size)
     for rel in _eligible_names(root, patterns, on_sick):
-        folders.add(rel)
+        folders.add(rel.rpartition("/")[0], rel)
         if folders.full():
             break
-    rows = list(_stat_all(root, folders.round_robin(), on_sick))
+    rows = list(_stat_all(root, folders.pick(), on_sick))
     table = pa.table(
         {
             "path": [display_path(rel) for rel, _ in rows],

@@ -7,11 +7,11 @@ and bounds always give the same shards whatever the cluster looks like.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -20,6 +20,7 @@ from mountproc._records import FileEntry
 
 PLAN_SCHEMA = LISTING_SCHEMA.append(pa.field("shard", pa.int32()))
 NOT_IN_SUBSET = "not in the test-mode subset"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -58,36 +59,70 @@ class _Cutter:
         return self.shard
 
 
+class RoundRobin(Generic[T]):
+    """Items by folder, folders in the order first seen, at most ``size`` items each; ``pick``
+    takes ``size`` of them round-robin: every folder's first before any folder's second."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.folders: dict[Hashable, list[tuple[int, T]]] = {}
+        self.seen = 0
+
+    def add(self, folder: Hashable, item: T) -> None:
+        """Note the next item of the listing, in listing order."""
+        self.seen += 1
+        items = self.folders.setdefault(folder, [])
+        if len(items) < self.size:
+            items.append((self.seen, item))
+
+    def full(self) -> bool:
+        """``size`` folders gave a first item: later items cannot be picked."""
+        return len(self.folders) >= self.size
+
+    def pick(self) -> list[T]:
+        """The round-robin pick, in listing order."""
+        chosen: list[tuple[int, T]] = []
+        depth = 0
+        while len(chosen) < self.size:
+            layer = [items[depth] for items in self.folders.values() if len(items) > depth]
+            if not layer:
+                break
+            chosen += layer[: self.size - len(chosen)]
+            depth += 1
+        return [item for _, item in sorted(chosen, key=lambda pair: pair[0])]
+
+
 def test_subset(listing: Path, size: int) -> set[int]:
     """Row numbers of up to ``size`` files, taken round-robin over directories in listing order:
-    every directory gives its first file before any gives its second."""
-    table = pq.read_table(listing, columns=["path_raw", "skip_reason"])
-    frame = table.to_pandas()
-    frame = frame[frame["skip_reason"].isna()]
-    if frame.empty:
-        return set()
-    parent = frame["path_raw"].map(lambda raw: raw.rpartition(b"/")[0])
-    dir_order = pd.Series(pd.factorize(parent, sort=False)[0], index=frame.index)
-    rank = parent.groupby(parent, sort=False).cumcount()
-    order = pd.DataFrame({"rank": rank, "dir": dir_order}).sort_values(
-        ["rank", "dir"], kind="stable"
-    )
-    return {int(i) for i in order.index[:size]}
+    every directory gives its first file before any gives its second (streamed: memory is
+    bounded by ``size`` rows per directory, not by the listing)."""
+    picker: RoundRobin[int] = RoundRobin(size)
+    row = 0
+    columns = ["path_raw", "skip_reason"]
+    for batch in pq.ParquetFile(listing).iter_batches(columns=columns):
+        cols = batch.to_pydict()
+        for raw, reason in zip(cols["path_raw"], cols["skip_reason"], strict=True):
+            if reason is None:
+                picker.add(raw.rpartition(b"/")[0], row)
+                if picker.full():
+                    return set(picker.pick())
+            row += 1
+    return set(picker.pick())
 
 
 def write_plan(
     listing: Path, out: Path, bounds: ShardBounds, subset: set[int] | None = None
 ) -> Plan:
     """Copy the listing to ``out`` with a ``shard`` column; with a subset, the other eligible
-    files become ``skipped`` rows."""
+    files become ``skipped`` rows. Only sizes and reasons become Python objects; the other
+    columns pass through as Arrow."""
     cutter = _Cutter(bounds)
     files = total = row = 0
     with pq.ParquetWriter(out, PLAN_SCHEMA) as writer:
         for batch in pq.ParquetFile(listing).iter_batches():
-            cols = batch.to_pydict()
-            reasons: list[str | None] = cols["skip_reason"]
+            reasons: list[str | None] = batch.column("skip_reason").to_pylist()
             shards: list[int | None] = []
-            for i, size in enumerate(cols["size"]):
+            for i, size in enumerate(batch.column("size").to_pylist()):
                 if reasons[i] is None and subset is not None and row + i not in subset:
                     reasons[i] = NOT_IN_SUBSET
                 if reasons[i] is None:
@@ -96,8 +131,12 @@ def write_plan(
                 else:
                     shards.append(None)
             row += len(shards)
-            cols["shard"] = shards
-            writer.write_batch(pa.RecordBatch.from_pydict(cols, schema=PLAN_SCHEMA))
+            cols = {name: batch.column(name) for name in LISTING_SCHEMA.names}
+            cols["skip_reason"] = pa.array(reasons, pa.string())
+            cols["shard"] = pa.array(shards, pa.int32())
+            arrays = [cols[name] for name in PLAN_SCHEMA.names]
+            writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=PLAN_SCHEMA))
+    pa.default_memory_pool().release_unused()
     return Plan(out, cutter.shard + 1, files, total)
 
 
