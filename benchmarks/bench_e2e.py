@@ -24,6 +24,7 @@ from benchmarks.common import (
     camera_jpegs,
     mountproc_run,
     recording_errors,
+    run_timeout,
     subprocess_side,
     tar_members,
     warm_libraries,
@@ -56,9 +57,12 @@ def measure(cfg: Config, cmp: Comparison, data: Path, images: int) -> None:
     """Time both sides on ``data``, then check that both made an output for every image."""
     base_out, ours_out = cfg.work / "runs" / "e2e" / "serial", cfg.work / "runs" / "e2e" / "ours"
     log.info("%s: %d repeats", cmp.name, cfg.repeats)
-    serial = subprocess_side(base_out, lambda out: [sys.executable, SERIAL_SCRIPT, data, out])
+    serial = subprocess_side(
+        base_out, lambda out: [sys.executable, SERIAL_SCRIPT, data, out], run_timeout(cfg)
+    )
     warm_libraries()
-    alternate(cfg, cmp, serial, subprocess_side(ours_out, mountproc_run(data)), data)
+    ours_side = subprocess_side(ours_out, mountproc_run(data), run_timeout(cfg))
+    alternate(cfg, cmp, serial, ours_side, data)
     cmp.checks["baseline made every image"] = serial_count(base_out / "resized.tar") == images
     ours = tar_members((ours_out / "outputs").glob("*.tar"))
     cmp.checks["every file processed"] = sum(n.endswith(".jpg") for n in ours) == images

@@ -25,6 +25,7 @@ from benchmarks.common import (
     camera_jpegs,
     mountproc_run,
     recording_errors,
+    run_timeout,
     same_samples,
     sshfs_mount,
     sshfs_unavailable,
@@ -68,8 +69,9 @@ def measure(cfg: Config, cmp: Comparison, source: Path, inputs: Path, runs: str)
     images = count_images(source)
     base_out, ours_out = cfg.work / "runs" / runs / "pool", cfg.work / "runs" / runs / "ours"
     log.info("%s: %d repeats", cmp.name, cfg.repeats)
-    pool = subprocess_side(base_out, pool_command(source))
-    alternate(cfg, cmp, pool, subprocess_side(ours_out, mountproc_run(source)), inputs)
+    pool = subprocess_side(base_out, pool_command(source), run_timeout(cfg))
+    ours_side = subprocess_side(ours_out, mountproc_run(source), run_timeout(cfg))
+    alternate(cfg, cmp, pool, ours_side, inputs)
     ours = tar_members((ours_out / "outputs").glob("*.tar"))
     equal, text = same_samples(tar_members(base_out.glob("*.tar")), ours)
     cmp.checks["same samples"] = equal

@@ -79,6 +79,7 @@ DASK_PROFILER_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
 _DONE = ".complete"
 STOP_GRACE_S = 20.0
 RUN_TIMEOUT_S = 600.0  # one run of a side over 2,000 camera JPEGs takes under a minute
+SMOKE_RUN_TIMEOUT_S = 90.0  # one over 24 small JPEGs, a few seconds
 
 
 def at_most(limit: float) -> Callable[[float], bool]:
@@ -303,6 +304,11 @@ def same_samples(baseline: dict[str, str], ours: dict[str, str]) -> tuple[bool, 
         if names
     ]
     return False, "samples differ: " + "; ".join(parts)
+
+
+def run_timeout(cfg: Config) -> float:
+    """How long one run of a side may take before it counts as hung."""
+    return SMOKE_RUN_TIMEOUT_S if cfg.smoke else RUN_TIMEOUT_S
 
 
 def subprocess_side(

@@ -32,9 +32,7 @@ MINE = {
 @pytest.mark.cluster
 def test_smoke_run_measures_every_comparison(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "benchmarks", "--smoke", "--work", str(tmp_path)]
-    proc = subprocess.run(
-        cmd, cwd=REPO, env=clean_env(), capture_output=True, text=True, timeout=280
-    )
+    proc = run_harness(cmd, timeout=280)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     data = json.loads((tmp_path / "report.json").read_text())
     rows = {r["name"]: r for r in data["comparisons"]}
@@ -55,6 +53,20 @@ def test_smoke_run_measures_every_comparison(tmp_path: Path) -> None:
             assert row["checks"][MINE[name]] is True, name
     assert data["machine"]["cores"] > 0
     assert data["machine"]["cpu"]
+
+
+def run_harness(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run the harness; past ``timeout``, SIGTERM it so that it unmounts and stops its runs."""
+    with subprocess.Popen(
+        cmd, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            out, err = proc.communicate(timeout=60)
+            pytest.fail(f"the smoke run took over {timeout} s:\n{out}\n{err[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def test_samples_that_differ_are_named() -> None:
