@@ -18,7 +18,7 @@ import click
 
 from mountproc import __version__
 from mountproc._cli_progress import Progress, final_metrics, summary_table
-from mountproc._cluster import TlsFiles, worker_command
+from mountproc._cluster import PROFILER_ENV, TlsFiles, worker_command
 from mountproc._errors import FailureBudgetExceeded, MountprocError, SettingsError
 from mountproc._job import Job, load_job, read_job_file
 from mountproc._mounts import left_stuck
@@ -242,11 +242,13 @@ def run(ctx: click.Context, /, job_file: str, **values: Any) -> None:
 
 
 def _become(cmd: list[str]) -> NoReturn:
-    """Replace this process with ``cmd`` (a worker: signals reach it directly)."""
+    """Replace this process with ``cmd`` (a worker: signals reach it directly), Dask's worker
+    profiler off unless the environment says otherwise (see ``_cluster.NO_PROFILER``)."""
     log.info("running %s", " ".join(cmd))
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(cmd[0], cmd)
+    env = {PROFILER_ENV: "False", **os.environ}
+    os.execve(cmd[0], cmd, env)
 
 
 @main.command()

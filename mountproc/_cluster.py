@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import dask
 from distributed import Client as Client  # re-exported for type hints in the runner
 from distributed import LocalCluster, as_completed, get_worker
 from distributed.security import Security
@@ -87,6 +88,13 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
         with _connect(opts) as client:
             yield client
         return
+    # for the cluster's whole life: a nanny restarting a worker reads this process's config
+    with dask.config.set(NO_PROFILER), _local_cluster(opts) as client:
+        yield client
+
+
+@contextmanager
+def _local_cluster(opts: ClusterOptions) -> Iterator[Client]:
     n = opts.workers or os.cpu_count() or 1
     try:
         cluster = LocalCluster(
@@ -144,6 +152,13 @@ def _wait_for_members(client: Client, members: tuple[str, ...], timeout: float) 
                 "early), or wait longer with --worker-wait"
             )
         time.sleep(0.2)
+
+
+NO_PROFILER = {"distributed.worker.profile.enabled": False}
+"""Dask's statistical profiler samples every thread's stack every 10 ms: mountproc never reads
+it, it costs CPU, and on CPython 3.11 it can deadlock a worker whose code frees
+``threading.local`` objects in reference cycles (gh-106883)."""
+PROFILER_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
 
 
 def worker_command(

@@ -48,6 +48,17 @@ READ_ATTEMPTS = 3
 """Attempts at a file whose mount answers with ENOTCONN, ESTALE, EIO...: reopening the path
 gets past a failover or a transient handle error."""
 
+_RETRYING = Retrying(
+    stop=stop_after_attempt(READ_ATTEMPTS),
+    wait=wait_exponential(multiplier=0.2, max=2.0),
+    retry=retry_if_exception(lambda exc: sick_error(exc) is not None),
+    reraise=True,
+)
+"""One policy for every call (tenacity keeps each call's state per thread). A ``Retrying`` per
+call would leave a ``threading.local`` in a reference cycle per file, and on CPython 3.11 the
+garbage collector freeing one inside Dask's profiler (``sys._current_frames``) deadlocks the
+worker process (CPython gh-106883): a run hung that way twice in the benchmarks."""
+
 _STATE: dict[tuple[str, str], Any] = {}
 _STATE_LOCK = threading.Lock()
 _CHECKED: dict[str, bool] = {}  # run token -> whether this process shares the driver's scratch
@@ -209,13 +220,7 @@ def _changed(src: SourceFile) -> bool:
 
 def _with_retries(fn: Callable[[], Any]) -> Any:
     """Call ``fn``, again after a short pause while it fails with a mount's error."""
-    retrying = Retrying(
-        stop=stop_after_attempt(READ_ATTEMPTS),
-        wait=wait_exponential(multiplier=0.2, max=2.0),
-        retry=retry_if_exception(lambda exc: sick_error(exc) is not None),
-        reraise=True,
-    )
-    return retrying(fn)
+    return _RETRYING(fn)
 
 
 def _failure(exc: Exception, spec: ShardSpec, entry: FileEntry) -> str:

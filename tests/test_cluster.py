@@ -532,3 +532,53 @@ def test_a_cluster_left_without_workers_stops_the_run_with_one_line(tmp_path: Pa
     published = sorted(p.name for p in out.glob("*.tar"))
     assert 1 <= len(published) < 10
     assert (out / "valohai.metadata.jsonl").exists()
+
+
+def _profiling(dask_worker: Any = None) -> bool:
+    return "profile" in dask_worker.periodic_callbacks
+
+
+_profiling.__module__ = "__main__"  # pickled by value: workers cannot import this test module
+
+
+def test_the_embedded_clusters_workers_do_not_run_dasks_profiler() -> None:
+    """Dask's profiler sampling every stack every 10 ms can deadlock a CPython 3.11 worker
+    (gh-106883, seen twice in the benchmarks): the embedded cluster's workers run without it,
+    also after a worker is restarted."""
+    from mountproc._cluster import ClusterOptions, open_cluster
+
+    with open_cluster(ClusterOptions(workers=2)) as client:
+        assert set(client.run(_profiling).values()) == {False}
+        client.restart()
+        assert set(client.run(_profiling).values()) == {False}
+
+
+def test_mountproc_worker_runs_dask_workers_without_the_profiler(tmp_path: Path) -> None:
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        address = _start_scheduler(tmp_path, procs)
+        cmd = [sys.executable, "-m", "mountproc", "worker", address, "--nworkers", "1"]
+        procs.append(_start(cmd, tmp_path))
+        _wait_for_workers(address, 1)
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            assert list(client.run(_profiling).values()) == [False]
+    finally:
+        _stop(procs)
+
+
+def test_retries_share_one_policy_per_process() -> None:
+    """A policy built per call leaves a threading.local in a reference cycle per file: the
+    garbage the deadlock above feeds on."""
+    import gc
+
+    from tenacity import Retrying
+
+    from mountproc import _worker
+
+    gc.collect()
+    before = sum(isinstance(o, Retrying) for o in gc.get_objects())
+    for _ in range(50):
+        assert _worker._with_retries(lambda: 7) == 7
+    assert sum(isinstance(o, Retrying) for o in gc.get_objects()) - before <= 1
