@@ -368,3 +368,39 @@ def test_publish_across_devices_never_overwrites(
         publish(src, dest)
     assert dest.read_bytes() == b"theirs"
     assert src.exists()
+
+
+def _reference_tar(members: list[tuple[str, bytes]]) -> bytes:
+    """The same members written by ``tarfile.addfile`` itself."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_the_tar_is_byte_identical_to_tarfiles_own(tmp_path: Path) -> None:
+    """Headers by tarfile, data and padding written directly: the same bytes as addfile for
+    empty, block-sized, odd-sized and 3 MB members, long (PAX) and non-ASCII names."""
+    members = [
+        ("a/empty.txt", b""),
+        ("a/block.bin", b"x" * 512),
+        ("a/odd.bin", bytes(range(256)) * 3 + b"!"),
+        ("d" * 120 + "/long%2Ename.jpg", b"long name"),
+        ("caf\u00e9/%E9t%C3%A9.json", '{"é": 1}'.encode()),
+        ("big.bin", os.urandom(3 * 1024 * 1024 + 7)),
+    ]
+    with TarBuilder(tmp_path / "t.tar") as tar:
+        for name, data in members:
+            tar.add(name, data)
+        sha, size = tar.close()
+    written = (tmp_path / "t.tar").read_bytes()
+    assert written == _reference_tar(members)
+    assert (sha, size) == (hashlib.sha256(written).hexdigest(), len(written))
+    with tarfile.open(tmp_path / "t.tar") as tf:
+        got = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()]  # type: ignore[union-attr]
+    assert got == members
