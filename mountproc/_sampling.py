@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mountproc._dirscan import open_dir
 from mountproc._listing import LISTING_SCHEMA, ListingStats, OnSick, Patterns, display_path
 from mountproc._mounts import SICK_ERRNOS
 from mountproc._records import Kind
@@ -92,13 +93,12 @@ def _eligible_names(root: Path, patterns: Patterns, on_sick: OnSick) -> Iterator
 
 
 def _entries(path: str, on_sick: OnSick) -> list[os.DirEntry[str]]:
-    """The sorted entries of one directory (none if it cannot be read)."""
-    try:
-        with os.scandir(path) as it:
-            return sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        _sick(exc, on_sick)
+    """The entries of one directory in the listing's order (none if it cannot be read)."""
+    opened = open_dir(path)
+    if isinstance(opened, OSError):
+        _sick(opened, on_sick)
         return []
+    return opened
 
 
 def _sick(exc: OSError, on_sick: OnSick) -> None:
