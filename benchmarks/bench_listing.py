@@ -37,11 +37,12 @@ from benchmarks.common import (
     timed,
 )
 from benchmarks.trees import LISTING, SMOKE, ensure_tree
-from mountproc import Job, _placement
-from mountproc._listing import ListingStats, Patterns, write_listing
-from mountproc._preflight import check_source
+from mountproc import Job
+from mountproc._cluster import placement as _placement
+from mountproc._listing.listing import ListingStats, Patterns, write_listing
+from mountproc._mounts.preflight import check_source
+from mountproc._mounts.sourcewatch import SourceWatch
 from mountproc._settings import resolve
-from mountproc._sourcewatch import SourceWatch
 
 LOCAL_RATIO = 1.25  # at least 0.8x of find's speed
 SSHFS_RATIO = 0.5  # at least 2x faster than find

@@ -53,7 +53,7 @@ from pathlib import Path
 import mountproc._cli  # everything a `mountproc run` process imports
 from mountproc import _runner
 from mountproc._job import load_job, read_job_file
-from mountproc._resume import RunPaths
+from mountproc._outputs.resume import RunPaths
 from mountproc._settings import resolve
 job = load_job(read_job_file(sys.argv[1]))
 run = resolve(job, {"source": Path(sys.argv[2])}, {}, {})

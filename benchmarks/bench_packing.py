@@ -30,7 +30,7 @@ from benchmarks.common import (
     same_samples,
     tar_members,
 )
-from mountproc._packaging import TarBuilder
+from mountproc._shard.tar import TarBuilder
 
 log = logging.getLogger(__name__)
 

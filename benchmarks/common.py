@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mountproc._samples import make_camera_jpegs
+from mountproc._demo_data import make_camera_jpegs
 
 
 @dataclass(frozen=True)

@@ -25,17 +25,18 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mountproc import _cluster, _placement
+from mountproc._cluster import client as _cluster
+from mountproc._cluster import placement as _placement
 from mountproc._errors import JobSetupError, MountprocError
 from mountproc._job import Job
-from mountproc._preflight import human_bytes
+from mountproc._listing.sharding import Plan, ShardBounds, iter_shards, test_subset, write_plan
+from mountproc._mounts.preflight import human_bytes
+from mountproc._mounts.sourcewatch import SourceWatch
+from mountproc._outputs.resume import RunPaths
 from mountproc._records import FileEntry, JobRef, Limits, ShardResult, ShardSpec, Status
-from mountproc._resume import RunPaths
 from mountproc._runner import list_and_shard, preflight_source
 from mountproc._settings import ResolvedRun
-from mountproc._sharding import Plan, ShardBounds, iter_shards, test_subset, write_plan
-from mountproc._sourcewatch import SourceWatch
-from mountproc._worker import run_shard
+from mountproc._shard.worker import run_shard
 
 log = logging.getLogger(__name__)
 

@@ -15,17 +15,22 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from mountproc import _cluster, _metadata, _placement
+from mountproc._cluster import client as _cluster
+from mountproc._cluster import placement as _placement
 from mountproc._errors import (
     DiskFullError,
     MountError,
     MountprocError,
 )
 from mountproc._job import Job
-from mountproc._listing import ListingStats, Patterns, write_listing
-from mountproc._mounts import DISK_FULL_ERRNOS, show
-from mountproc._packaging import publish
-from mountproc._preflight import DirReport, MountReport, check_output_dir, check_source
+from mountproc._listing.listing import ListingStats, Patterns, write_listing
+from mountproc._listing.sharding import Plan, ShardBounds, iter_shards, write_plan
+from mountproc._listing.testmode import write_test_listing
+from mountproc._mounts.preflight import DirReport, MountReport, check_output_dir, check_source
+from mountproc._mounts.sourcewatch import SourceWatch
+from mountproc._mounts.table import DISK_FULL_ERRNOS, show
+from mountproc._outputs import metadata as _metadata
+from mountproc._outputs.resume import RunPaths, begin, remove_published, write_state
 from mountproc._records import (
     FileResult,
     JobRef,
@@ -35,12 +40,9 @@ from mountproc._records import (
     Status,
     WorkerCheck,
 )
-from mountproc._resume import RunPaths, begin, remove_published, write_state
-from mountproc._sampling import write_test_listing
 from mountproc._settings import ResolvedRun
-from mountproc._sharding import Plan, ShardBounds, iter_shards, write_plan
-from mountproc._sourcewatch import SourceWatch
-from mountproc._worker import run_shard
+from mountproc._shard.tar import publish
+from mountproc._shard.worker import run_shard
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from mountproc import _valohai
 from mountproc._errors import SettingsError
 from mountproc._job import Job, check_dataset_uri
+from mountproc._valohai import environment as _valohai
 
 log = logging.getLogger(__name__)
 

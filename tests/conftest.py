@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from mountproc._samples import make_sample_tree
+from mountproc._demo_data import make_sample_tree
 
 REPO = Path(__file__).resolve().parent.parent
 RESIZE_JOB = REPO / "jobs" / "resize_images.py"

@@ -19,7 +19,7 @@ from conftest import (
     tar_members,
 )
 
-from mountproc._samples import BAD_FILES
+from mountproc._demo_data import BAD_FILES
 
 pytestmark = pytest.mark.cluster
 
@@ -107,7 +107,7 @@ def test_failure_budget_exceeded_registers_no_dataset(
 
 
 def test_test_mode_spreads_over_directories_and_publishes_no_dataset(tmp_path: Path) -> None:
-    from mountproc._samples import make_sample_tree
+    from mountproc._demo_data import make_sample_tree
 
     src = tmp_path / "src"
     make_sample_tree(src, count=40)
@@ -124,7 +124,7 @@ def test_test_mode_spreads_over_directories_and_publishes_no_dataset(tmp_path: P
 
 
 def test_same_tars_whatever_the_cluster_size(tmp_path: Path) -> None:
-    from mountproc._samples import make_sample_tree
+    from mountproc._demo_data import make_sample_tree
 
     src = tmp_path / "src"
     make_sample_tree(src, count=30)
@@ -139,7 +139,7 @@ def test_same_tars_whatever_the_cluster_size(tmp_path: Path) -> None:
 
 
 def test_valohai_style_arguments_parameters_json_and_env(tmp_path: Path) -> None:
-    from mountproc._samples import make_sample_tree
+    from mountproc._demo_data import make_sample_tree
 
     src = tmp_path / "src"
     make_sample_tree(src, count=12)
@@ -156,7 +156,7 @@ def test_valohai_style_arguments_parameters_json_and_env(tmp_path: Path) -> None
 
 
 def test_rerun_with_other_settings_needs_fresh(tmp_path: Path) -> None:
-    from mountproc._samples import make_sample_tree
+    from mountproc._demo_data import make_sample_tree
 
     src = tmp_path / "src"
     make_sample_tree(src, count=12)
@@ -194,7 +194,7 @@ def test_bad_settings_exit_2_with_one_line(tmp_path: Path, args: list[str], expe
 
 
 def test_outputs_inside_the_source_are_refused(tmp_path: Path) -> None:
-    from mountproc._samples import make_sample_tree
+    from mountproc._demo_data import make_sample_tree
 
     src = tmp_path / "src"
     make_sample_tree(src, count=12)
@@ -223,7 +223,7 @@ def test_missing_source_and_broken_job_file_exit_2(tmp_path: Path) -> None:
 
 @pytest.mark.mount
 def test_read_write_mount_is_refused_before_any_work(tmp_path: Path, bind_mount) -> None:  # type: ignore[no-untyped-def]
-    from mountproc._samples import make_sample_tree
+    from mountproc._demo_data import make_sample_tree
 
     data = tmp_path / "data"
     make_sample_tree(data, count=12)
@@ -300,7 +300,7 @@ def test_empty_source_is_refused_unless_allowed(tmp_path: Path) -> None:
 
 def test_a_plain_directory_is_refused_under_strict_mounts(tmp_path: Path) -> None:
     """Under --strict-mounts a source that is no mount (a mount that failed) is an error."""
-    from mountproc._samples import make_sample_tree
+    from mountproc._demo_data import make_sample_tree
 
     src = tmp_path / "src"
     make_sample_tree(src, count=12)

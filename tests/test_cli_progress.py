@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import RESIZE_JOB, clean_env, run_cli
 
-from mountproc._cli_progress import Progress, status_line, summary_table
-from mountproc._samples import make_sample_tree
+from mountproc._cli.progress import Progress, status_line, summary_table
+from mountproc._demo_data import make_sample_tree
 
 KEYS = {
     "files_done", "files_total", "files_ok", "files_failed", "files_skipped", "shards_done",

@@ -22,7 +22,7 @@ from conftest import RESIZE_JOB, clean_env, read_manifest, run_cli, tar_digests
 from netfs import descendants, wait_until
 from tlscerts import Pem, issue, make_ca, openssl_available
 
-from mountproc._samples import make_sample_tree
+from mountproc._demo_data import make_sample_tree
 
 pytestmark = pytest.mark.cluster
 
@@ -545,7 +545,7 @@ def test_the_embedded_clusters_workers_do_not_run_dasks_profiler() -> None:
     """Dask's profiler sampling every stack every 10 ms can deadlock a CPython 3.11 worker
     (gh-106883, seen twice in the benchmarks): the embedded cluster's workers run without it,
     also after a worker is restarted."""
-    from mountproc._cluster import ClusterOptions, open_cluster
+    from mountproc._cluster.client import ClusterOptions, open_cluster
 
     with open_cluster(ClusterOptions(workers=2)) as client:
         assert set(client.run(_profiling).values()) == {False}
@@ -575,7 +575,7 @@ def test_retries_share_one_policy_per_process() -> None:
 
     from tenacity import Retrying
 
-    from mountproc import _worker
+    from mountproc._shard import worker as _worker
 
     gc.collect()
     # type(), not isinstance: isinstance reads __class__, which some lazy objects (torch's

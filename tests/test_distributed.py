@@ -16,9 +16,9 @@ import pytest
 from conftest import RESIZE_JOB, clean_env, run_cli, tar_digests
 from tlscerts import issue, make_ca, openssl_available
 
+from mountproc._demo_data import make_sample_tree
 from mountproc._errors import SettingsError
-from mountproc._samples import make_sample_tree
-from mountproc._valohai import read_distributed
+from mountproc._valohai.environment import read_distributed
 
 
 def _member(member_id: str, *ips: str) -> dict[str, Any]:

@@ -118,7 +118,7 @@ def _dask_workers(pid: int) -> list[int]:
 
 
 def test_a_worker_killed_mid_run_is_replaced_and_the_tars_are_identical(tmp_path: Path) -> None:
-    from mountproc._samples import make_sample_tree
+    from mountproc._demo_data import make_sample_tree
 
     src = tmp_path / "src"
     make_sample_tree(src, count=48)

@@ -1,4 +1,4 @@
-"""Tests of ``mountproc._job``: the Job API, output normalisation and job-file loading."""
+"""Tests of ``_job``: the Job API, output normalisation and job-file loading."""
 
 from __future__ import annotations
 

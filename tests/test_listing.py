@@ -1,4 +1,4 @@
-"""Tests of mountproc._listing: the sorted, streaming crawl of a source tree into Parquet."""
+"""Tests of _listing.listing: the sorted, streaming crawl of a source tree into Parquet."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from mountproc import _dirscan, _listing
-from mountproc._listing import (
+from mountproc._listing import dirscan as _dirscan
+from mountproc._listing import listing as _listing
+from mountproc._listing.listing import (
     LISTING_SCHEMA,
     Listed,
     ListingStats,

@@ -1,4 +1,4 @@
-"""Tests of ``mountproc._metadata``: shard results, the manifest, records and Valohai metadata."""
+"""Tests of ``_outputs.metadata``: shard results, the manifest, records and Valohai metadata."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from mountproc._listing import Patterns, write_listing
-from mountproc._metadata import (
+from mountproc._listing.listing import Patterns, write_listing
+from mountproc._listing.sharding import ShardBounds, iter_shards, write_plan
+from mountproc._outputs.metadata import (
     MANIFEST_SCHEMA,
     NOT_PROCESSED,
     DatasetTarget,
@@ -26,7 +27,6 @@ from mountproc._metadata import (
     write_results,
 )
 from mountproc._records import FileEntry, FileResult, ShardResult, Status
-from mountproc._sharding import ShardBounds, iter_shards, write_plan
 
 UNDECODABLE = os.fsdecode(b"c/caf\xe9.txt")
 

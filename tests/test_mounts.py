@@ -1,4 +1,4 @@
-"""Tests of mountproc._mounts: mountinfo parsing, mount lookup, classification, liveness probes."""
+"""Tests of _mounts.table: mountinfo parsing, mount lookup, classification, liveness probes."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mountproc._errors import MountError
-from mountproc._mounts import (
+from mountproc._mounts.table import (
     MountInfo,
     MountNotAliveError,
     call_with_timeout,
@@ -389,7 +389,7 @@ def test_probe_alive_names_a_sick_errno(tmp_path: Path, monkeypatch: pytest.Monk
     def dead(path: object) -> None:
         raise OSError(errno.ENOTCONN, "Transport endpoint is not connected")
 
-    monkeypatch.setattr("mountproc._mounts.lookup_unique", dead)
+    monkeypatch.setattr("mountproc._mounts.table.lookup_unique", dead)
     with pytest.raises(MountNotAliveError, match="ENOTCONN") as info:
         probe_alive(tmp_path, 5.0, role="scratch")
     assert str(info.value).startswith(f"scratch {tmp_path} is not answering")
@@ -400,7 +400,7 @@ def test_probe_alive_times_out_on_a_hung_lookup(
 ) -> None:
     """A lookup that never answers is a hung mount after the timeout (the hang is injected)."""
     release = threading.Event()
-    monkeypatch.setattr("mountproc._mounts.lookup_unique", lambda path: release.wait())
+    monkeypatch.setattr("mountproc._mounts.table.lookup_unique", lambda path: release.wait())
     started = time.monotonic()
     try:
         with pytest.raises(MountNotAliveError, match=r"no answer within 0\.2 s"):

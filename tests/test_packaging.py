@@ -1,4 +1,4 @@
-"""Tests of ``mountproc._packaging``: member keys, reproducible tars and atomic publishing."""
+"""Tests of ``_shard.tar``: member keys, reproducible tars and atomic publishing."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from mountproc._packaging import MEMBER_MODE, TarBuilder, member_key, publish
+from mountproc._shard.tar import MEMBER_MODE, TarBuilder, member_key, publish
 
 # The split WebDataset's ``base_plus_ext`` uses to cut a member name into key and suffix.
 WDS_SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
@@ -292,7 +292,7 @@ def test_publish_propagates_other_link_errors(
     def fail(src: Any, dest: Any) -> None:
         raise OSError(errno.EACCES, "denied")
 
-    monkeypatch.setattr("mountproc._packaging.os.link", fail)
+    monkeypatch.setattr("mountproc._shard.tar.os.link", fail)
     src = make_file(tmp_path / "x")
     with pytest.raises(PermissionError):
         publish(src, tmp_path / "y")
@@ -313,8 +313,8 @@ def _cross_device(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    monkeypatch.setattr("mountproc._packaging.os.link", exdev)
-    monkeypatch.setattr("mountproc._packaging.os.fsync", fsync)
+    monkeypatch.setattr("mountproc._shard.tar.os.link", exdev)
+    monkeypatch.setattr("mountproc._shard.tar.os.fsync", fsync)
     return synced
 
 
@@ -343,7 +343,7 @@ def test_publish_across_devices_leaves_no_partial_copy(
         fout.write(fin.read(3))
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("mountproc._packaging.shutil.copyfileobj", short_copy)
+    monkeypatch.setattr("mountproc._shard.tar.shutil.copyfileobj", short_copy)
     src = make_file(tmp_path / "x.tar")
     dest = tmp_path / "y.tar"
     with pytest.raises(OSError, match="No space") as info:
@@ -362,7 +362,7 @@ def test_publish_across_devices_never_overwrites(
         dest.write_bytes(b"theirs")  # another publisher wins the race for the name
         raise OSError(errno.EXDEV, "Invalid cross-device link")
 
-    monkeypatch.setattr("mountproc._packaging.os.link", exdev_after_a_rival)
+    monkeypatch.setattr("mountproc._shard.tar.os.link", exdev_after_a_rival)
     src = make_file(tmp_path / "x.tar")
     with pytest.raises(FileExistsError):
         publish(src, dest)

@@ -22,9 +22,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from netfs import SshfsMount, sshfs_available
 
-from mountproc import _crawl, _listing
-from mountproc._crawl import Task, ordered_walk
-from mountproc._listing import Listed, Patterns, crawl, write_listing
+from mountproc._listing import crawl as _crawl
+from mountproc._listing import listing as _listing
+from mountproc._listing.crawl import Task, ordered_walk
+from mountproc._listing.listing import Listed, Patterns, crawl, write_listing
 from mountproc._records import Kind
 
 ALL = Patterns([], [])

@@ -1,4 +1,4 @@
-"""Tests of ``mountproc._planning``: ``plan_job`` on real trees with the real example job, and on
+"""Tests of ``_planning``: ``plan_job`` on real trees with the real example job, and on
 small job files of its own; nothing may be written beside the outputs."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from conftest import NON_UTF8, RESIZE_JOB, make_hostile_tree, run_cli
 
+from mountproc._demo_data import BAD_FILES, make_sample_tree
 from mountproc._errors import JobSetupError, MountError
 from mountproc._job import Job, load_job, read_job_file
+from mountproc._mounts.preflight import human_bytes
 from mountproc._planning import PlanReport, plan_job, render
-from mountproc._preflight import human_bytes
 from mountproc._records import JobRef
 from mountproc._runner import run_job
-from mountproc._samples import BAD_FILES, make_sample_tree
 from mountproc._settings import ResolvedRun, resolve
 
 SLOW_JOB = '''

@@ -1,4 +1,4 @@
-"""Tests of mountproc._preflight: the source, scratch and outputs checks, on hand-written mount
+"""Tests of _mounts.preflight: the source, scratch and outputs checks, on hand-written mount
 tables and on real bind mounts."""
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 
 from mountproc._errors import MountError, WorkerMountError
-from mountproc._mounts import MountInfo
-from mountproc._preflight import (
+from mountproc._mounts.preflight import (
     DirReport,
     check_output_dir,
     check_source,
@@ -23,6 +22,7 @@ from mountproc._preflight import (
     check_writable_dir,
     human_bytes,
 )
+from mountproc._mounts.table import MountInfo
 from mountproc._records import WorkerCheck
 
 BindMount = Callable[..., Path]

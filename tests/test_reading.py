@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from mountproc import _reading
 from mountproc._errors import JobFileError
 from mountproc._job import read_job_file
-from mountproc._reading import ReadAhead, SourceRead, read_source, sample_record
 from mountproc._records import FileEntry, ShardSpec, Status
-from mountproc._watchdog import ShardNotes
-from mountproc._worker import run_shard
+from mountproc._shard import reading as _reading
+from mountproc._shard.reading import ReadAhead, SourceRead, read_source, sample_record
+from mountproc._shard.watchdog import ShardNotes
+from mountproc._shard.worker import run_shard
 
 WAIT_S = 10.0
 

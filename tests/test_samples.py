@@ -1,4 +1,4 @@
-"""Tests of the sample-data generator ``mountproc._samples``."""
+"""Tests of the sample-data generator ``mountproc._demo_data``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mountproc._samples import BAD_FILES, READABLE_ODDITIES, make_camera_jpegs, make_sample_tree
+from mountproc._demo_data import BAD_FILES, READABLE_ODDITIES, make_camera_jpegs, make_sample_tree
 
 SMALL = (160, 120)
 

@@ -1,4 +1,4 @@
-"""Tests of mountproc._sampling: the test-mode subset without a full listing."""
+"""Tests of _listing.testmode: the test-mode subset without a full listing."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from conftest import make_hostile_tree
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mountproc import _sampling
-from mountproc import _sharding as sharding
-from mountproc._listing import Patterns, write_listing
-from mountproc._sampling import write_test_listing
+from mountproc._listing import sharding
+from mountproc._listing import testmode as _sampling
+from mountproc._listing.listing import Patterns, write_listing
+from mountproc._listing.testmode import write_test_listing
 
 JPG = Patterns(["*.jpg", "*.JPG"], ["tmp"])
 

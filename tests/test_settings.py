@@ -1,4 +1,4 @@
-"""Tests of mountproc._settings (with mountproc._valohai): layering, defaults and validation."""
+"""Tests of _settings (with mountproc._valohai.environment): layering, defaults and validation."""
 
 from __future__ import annotations
 

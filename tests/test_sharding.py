@@ -1,4 +1,4 @@
-"""Tests of mountproc._sharding: deterministic shards and the round-robin test-mode subset."""
+"""Tests of _listing.sharding: deterministic shards and the round-robin test-mode subset."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 # imported as a module: pytest would collect a bare ``test_subset`` as a test
-from mountproc import _listing, _sharding
-from mountproc._listing import Patterns, write_listing
-from mountproc._records import FileEntry
-from mountproc._sharding import (
+from mountproc._listing import listing as _listing
+from mountproc._listing import sharding as _sharding
+from mountproc._listing.listing import Patterns, write_listing
+from mountproc._listing.sharding import (
     NOT_IN_SUBSET,
     PLAN_SCHEMA,
     Plan,
@@ -22,6 +22,7 @@ from mountproc._sharding import (
     iter_shards,
     write_plan,
 )
+from mountproc._records import FileEntry
 
 ALL = Patterns(["*"], [])
 ROOMY = ShardBounds(max_files=1000, max_bytes=1 << 30)

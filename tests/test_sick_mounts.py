@@ -20,7 +20,7 @@ import pytest
 from conftest import RESIZE_JOB, clean_env, read_metadata, run_cli, tar_digests
 from netfs import SshfsMount, sshfs_available, wait_until
 
-from mountproc._samples import make_sample_tree
+from mountproc._demo_data import make_sample_tree
 
 pytestmark = pytest.mark.mount
 

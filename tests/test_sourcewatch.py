@@ -1,4 +1,4 @@
-"""Tests of mountproc._sourcewatch: a stage runs while the source is probed in the background,
+"""Tests of _mounts.sourcewatch: a stage runs while the source is probed in the background,
 and a dead source ends the stage within bounded time even when the stage is blocked."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from netfs import wait_until
 
-from mountproc import _sourcewatch
 from mountproc._errors import SourceLostError
-from mountproc._mounts import MountNotAliveError, probe_alive
-from mountproc._sourcewatch import SourceWatch
+from mountproc._mounts import sourcewatch as _sourcewatch
+from mountproc._mounts.sourcewatch import SourceWatch
+from mountproc._mounts.table import MountNotAliveError, probe_alive
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import RESIZE_JOB, read_metadata, run_cli
 
-from mountproc._samples import make_sample_tree
+from mountproc._demo_data import make_sample_tree
 
 pytestmark = pytest.mark.cluster
 

@@ -1,4 +1,4 @@
-"""Tests of mountproc._watchdog: the notes a shard keeps across attempts, and the per-process
+"""Tests of _shard.watchdog: the notes a shard keeps across attempts, and the per-process
 watchdog that kills a real worker process whose file overruns --file-timeout."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from mountproc._watchdog import DEATHS_TO_CONDEMN, ShardNotes
+from mountproc._shard.watchdog import DEATHS_TO_CONDEMN, ShardNotes
 
 INDEX = 4
 
@@ -19,7 +19,7 @@ import os, sys
 from pathlib import Path
 
 import pytest
-from mountproc._watchdog import ShardNotes
+from mountproc._shard.watchdog import ShardNotes
 
 ShardNotes(Path(sys.argv[1]), int(sys.argv[2])).start(int(sys.argv[3]))
 os._exit(3)
@@ -31,17 +31,17 @@ from pathlib import Path
 
 import pytest
 from mountproc._records import Limits
-from mountproc._watchdog import ShardNotes, watchdog
+from mountproc._shard.watchdog import ShardNotes, watchdog
 
 work, index, source, timeout, block_s, after_s, mount = sys.argv[1:]
 if mount == "dead":  # a dead mount is injected: a hung sshfs is covered by test_sick_mounts
-    import mountproc._watchdog
-    from mountproc._mounts import MountNotAliveError
+    import mountproc._shard.watchdog
+    from mountproc._mounts.table import MountNotAliveError
 
     def dead(path, timeout):
         raise MountNotAliveError(f"source {path} is not answering (injected)")
 
-    mountproc._watchdog.probe_alive = dead
+    mountproc._shard.watchdog.probe_alive = dead
 notes = ShardNotes(Path(work), int(index))
 with watchdog().file(notes, 2, "slow.jpg", source, Limits(float(timeout), 2.0)):
     print("started", flush=True)

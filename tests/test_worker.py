@@ -1,4 +1,4 @@
-"""Tests of ``mountproc._worker``: ``run_shard`` called directly on a job file, no cluster."""
+"""Tests of ``_shard.worker``: ``run_shard`` called directly on a job file, no cluster."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from mountproc import _worker
 from mountproc._errors import DiskFullError, JobSetupError
 from mountproc._job import load_job, read_job_file
-from mountproc._metadata import write_results
-from mountproc._packaging import member_key
-from mountproc._preflight import check_source
+from mountproc._mounts.preflight import check_source
+from mountproc._outputs.metadata import write_results
 from mountproc._records import FileEntry, JobRef, ShardResult, ShardSpec, Status, WorkerCheck
-from mountproc._watchdog import ShardNotes
-from mountproc._worker import MAX_ERROR_CHARS, run_shard
+from mountproc._shard import worker as _worker
+from mountproc._shard.tar import member_key
+from mountproc._shard.watchdog import ShardNotes
+from mountproc._shard.worker import MAX_ERROR_CHARS, run_shard
 
 JOB_TEXT = '''
 """A test job: upper-cases text files, with one misbehaviour per special file name."""

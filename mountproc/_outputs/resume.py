@@ -21,11 +21,17 @@ from typing import Any
 from mountproc import __version__
 from mountproc._errors import OutputsNotEmptyError
 from mountproc._job import Job
-from mountproc._metadata import METADATA_NAME, ShardRecord, read_records, record_path, write_json
-from mountproc._mounts import show
+from mountproc._listing.sharding import Plan
+from mountproc._mounts.table import show
+from mountproc._outputs.metadata import (
+    METADATA_NAME,
+    ShardRecord,
+    read_records,
+    record_path,
+    write_json,
+)
 from mountproc._records import JobRef
 from mountproc._settings import ResolvedRun
-from mountproc._sharding import Plan
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from mountproc._errors import (
     SourceLostError,
     WorkerMountError,
 )
-from mountproc._mounts import (
+from mountproc._mounts.table import (
     SICK_ERRNOS,
     MountInfo,
     MountKind,

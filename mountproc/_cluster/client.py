@@ -25,10 +25,10 @@ from distributed import LocalCluster, as_completed, get_worker
 from distributed.security import Security
 
 from mountproc._errors import ClusterError, MountprocError, WorkersLostError
-from mountproc._mounts import note_stuck
-from mountproc._packaging import read_chunk, remove_file
-from mountproc._preflight import check_worker
+from mountproc._mounts.preflight import check_worker
+from mountproc._mounts.table import note_stuck
 from mountproc._records import WorkerCheck
+from mountproc._shard.tar import read_chunk, remove_file
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mountproc._crawl import Task, ordered_walk
-from mountproc._dirscan import (
+from mountproc._listing.crawl import Task, ordered_walk
+from mountproc._listing.dirscan import (
     Listed,
     Patterns,
     Rows,

@@ -13,11 +13,11 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 
-from mountproc import _cluster
-from mountproc._mounts import DISK_FULL_ERRNOS, find_oserror, note_stuck
-from mountproc._preflight import MountReport
+from mountproc._cluster import client as _cluster
+from mountproc._mounts.preflight import MountReport
+from mountproc._mounts.table import DISK_FULL_ERRNOS, find_oserror, note_stuck
+from mountproc._outputs.resume import RunPaths
 from mountproc._records import ShardResult
-from mountproc._resume import RunPaths
 from mountproc._settings import ResolvedRun
 
 log = logging.getLogger(__name__)

@@ -17,16 +17,16 @@ from typing import Any, NoReturn
 import click
 
 from mountproc import __version__
-from mountproc._cli_progress import Progress, final_metrics, summary_table
-from mountproc._cluster import PROFILER_ENV, TlsFiles, worker_command
+from mountproc._cli.progress import Progress, final_metrics, summary_table
+from mountproc._cluster.client import PROFILER_ENV, TlsFiles, worker_command
+from mountproc._cluster.placement import member_command
 from mountproc._errors import FailureBudgetExceeded, MountprocError, SettingsError
 from mountproc._job import Job, load_job, read_job_file
-from mountproc._mounts import left_stuck
-from mountproc._placement import member_command
-from mountproc._preflight import human_bytes
+from mountproc._mounts.preflight import human_bytes
+from mountproc._mounts.table import left_stuck
 from mountproc._runner import Preflight, check_cluster, preflight, preflight_source, run_job
 from mountproc._settings import ResolvedRun, check_tls, resolve
-from mountproc._steps import StepOptions
+from mountproc._valohai.step import StepOptions
 
 log = logging.getLogger("mountproc")
 
@@ -421,7 +421,7 @@ def yaml_(
       mountproc yaml jobs/resize_images.py > valohai.yaml
       mountproc yaml jobs/resize_images.py --mount-source 10.0.0.2:/share --distributed 4
     """
-    from mountproc._steps import render, valohai_config
+    from mountproc._valohai.step import render, valohai_config
 
     def action() -> None:
         job = load_job(read_job_file(job_file))
@@ -453,7 +453,7 @@ def sample_data(directory: Path, count: int, bad: bool) -> None:
       mountproc sample-data ./sample-photos
       mountproc run jobs/resize_images.py --source ./sample-photos
     """
-    from mountproc._samples import make_sample_tree
+    from mountproc._demo_data import make_sample_tree
 
     _guarded(
         lambda: click.echo(
@@ -474,7 +474,7 @@ def verify(outputs_dir: str) -> None:
     Example:
       mountproc verify ./outputs
     """
-    from mountproc._verify import conclusion, verify_outputs
+    from mountproc._outputs.verify import conclusion, verify_outputs
 
     def action() -> None:
         verdicts = []

@@ -13,8 +13,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mountproc._listing.sharding import PLAN_SCHEMA
 from mountproc._records import FileResult, ShardResult, Status
-from mountproc._sharding import PLAN_SCHEMA
 
 METADATA_NAME = "valohai.metadata.jsonl"
 NOT_PROCESSED = "not processed: the run ended before this shard finished"

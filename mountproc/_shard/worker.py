@@ -30,13 +30,19 @@ from mountproc._errors import (
     SourceLostError,
 )
 from mountproc._job import Context, Job, Skip, SourceFile, load_job, normalize_outputs
-from mountproc._listing import display_path
-from mountproc._mounts import DISK_FULL_ERRNOS, errno_text, find_oserror, probe_alive, sick_error
-from mountproc._packaging import TarBuilder, member_key
-from mountproc._preflight import check_worker
-from mountproc._reading import ReadAhead, SourceRead, read_source, sample_record
+from mountproc._listing.listing import display_path
+from mountproc._mounts.preflight import check_worker
+from mountproc._mounts.table import (
+    DISK_FULL_ERRNOS,
+    errno_text,
+    find_oserror,
+    probe_alive,
+    sick_error,
+)
 from mountproc._records import FileEntry, FileResult, ShardResult, ShardSpec, Status
-from mountproc._watchdog import ShardNotes, watchdog
+from mountproc._shard.reading import ReadAhead, SourceRead, read_source, sample_record
+from mountproc._shard.tar import TarBuilder, member_key
+from mountproc._shard.watchdog import ShardNotes, watchdog
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mountproc._listing import LISTING_SCHEMA
+from mountproc._listing.listing import LISTING_SCHEMA
 from mountproc._records import FileEntry
 
 PLAN_SCHEMA = LISTING_SCHEMA.append(pa.field("shard", pa.int32()))

@@ -17,11 +17,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mountproc._dirscan import open_dir
-from mountproc._listing import LISTING_SCHEMA, ListingStats, OnSick, Patterns, display_path
-from mountproc._mounts import SICK_ERRNOS
+from mountproc._listing.dirscan import open_dir
+from mountproc._listing.listing import LISTING_SCHEMA, ListingStats, OnSick, Patterns, display_path
+from mountproc._listing.sharding import RoundRobin
+from mountproc._mounts.table import SICK_ERRNOS
 from mountproc._records import Kind
-from mountproc._sharding import RoundRobin
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any, Protocol
 
-from mountproc._mounts import SICK_ERRNOS
+from mountproc._mounts.table import SICK_ERRNOS
 from mountproc._records import Kind
 
 _FILE = Kind.FILE.value

@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import TypeVar
 
 from mountproc._errors import SourceLostError
-from mountproc._mounts import MountNotAliveError, call_with_timeout, probe_alive
+from mountproc._mounts.table import MountNotAliveError, call_with_timeout, probe_alive
 
 log = logging.getLogger(__name__)
 
