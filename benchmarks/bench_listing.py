@@ -38,9 +38,9 @@ from benchmarks.common import (
 )
 from benchmarks.trees import LISTING, SMOKE, ensure_tree
 from mountproc import Job
-from mountproc._cluster import placement as _placement
 from mountproc._listing.listing import ListingStats, Patterns, write_listing
-from mountproc._mounts.preflight import check_source
+from mountproc._listing.stage import lister
+from mountproc._mounts.source import check_source
 from mountproc._mounts.sourcewatch import SourceWatch
 from mountproc._settings import resolve
 
@@ -138,7 +138,7 @@ def _find(src: Path, out: Path, extra: list[str]) -> None:
 
 
 def _mountproc(src: Path, out: Path, runs: _Runs) -> Callable[[], object]:
-    """The listing as ``mountproc run`` does it (``_runner.list_and_shard``, without the
+    """The listing as ``mountproc run`` does it (``_listing.stage.list_and_shard``, without the
     sharding): settings and the mount check now, untimed; the listing when called."""
     job = Job(name="bench-listing")
     run = resolve(job, {"source": src}, {}, {})
@@ -148,7 +148,7 @@ def _mountproc(src: Path, out: Path, runs: _Runs) -> Callable[[], object]:
     def listing() -> None:
         with (
             SourceWatch(run.source, run.settings.mount_timeout, "the listing") as watch,
-            _placement.lister(run, mount, None) as executor,
+            lister(run, mount, None) as executor,
         ):
             call = lambda: write_listing(run.source, patterns, out, watch.probe, executor)  # noqa: E731
             runs.stats.append(watch.run(call))

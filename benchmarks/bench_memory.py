@@ -11,7 +11,7 @@ transform returns nothing (``JOB_TEXT``):
   computes what ``plan`` prints: the test-mode subset of the whole listing, the largest shard,
   the skip reasons, and a sample timed in a process of its own (not counted);
 * ``list_and_shard``: a Python process that imports what ``mountproc run`` imports and does what
-  ``run`` does before any shard starts (settings, the mount check, ``_runner.list_and_shard``
+  ``run`` does before any shard starts (settings, the mount check, ``_listing.stage.list_and_shard``
   into scratch), and nothing else.
 """
 
@@ -51,17 +51,21 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 import mountproc._cli  # everything a `mountproc run` process imports
-from mountproc import _runner
-from mountproc._job import load_job, read_job_file
-from mountproc._outputs.resume import RunPaths
+import mountproc._runner
+from functools import partial
+from mountproc._jobfile import load_job, read_job_file
+from mountproc._listing.stage import list_and_shard, lister
+from mountproc._mounts.preflight import preflight_source
+from mountproc._outputs.layout import RunPaths
 from mountproc._settings import resolve
 job = load_job(read_job_file(sys.argv[1]))
 run = resolve(job, {"source": Path(sys.argv[2])}, {}, {})
 run = replace(run, scratch=Path(sys.argv[3]))
-mount = _runner.preflight_source(job, run)
-paths = RunPaths(run, job)
+mount = preflight_source(run, job.readonly)
+paths = RunPaths(run.outputs, run.scratch, job.name)
 paths.shards.mkdir(parents=True)
-plan, entries = _runner.list_and_shard(job, run, paths, {}, mount, None)
+where = partial(lister, run, mount, None)
+plan, entries = list_and_shard(job, run, paths.listing, paths.plan, where)
 print(f"{entries} entries, {plan.files} files in {plan.shards} shards")
 """
 

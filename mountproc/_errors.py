@@ -22,6 +22,8 @@ status and a reason (see ``mountproc._records``).
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MountprocError(Exception):
     """Base class of every error mountproc reports to a user."""
@@ -60,7 +62,12 @@ class OutputsNotEmptyError(UsageError):
 
 
 class FailureBudgetExceeded(MountprocError):
-    """More files failed than the failure budget allows (exit code 1)."""
+    """More files failed than the failure budget allows (exit code 1); ``report`` is the run's
+    ``RunReport`` (the tars and the manifest are published for inspection)."""
+
+    def __init__(self, message: str, report: Any = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class ClusterError(MountprocError):

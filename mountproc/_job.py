@@ -1,28 +1,27 @@
-"""The user-facing job API (``Job``, ``SourceFile``, ``Context``, ``Skip``) and job-file loading."""
+"""The user-facing job API: ``Job``, ``SourceFile``, ``Context``, ``Skip``, ``NoParams``; and
+``Job.apply``, which tries a transform on one file in this process."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
-import sys
-import threading
-import types
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Generic, TypeVar
+from typing import IO, Any, Generic
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from typing_extensions import TypeVar
 
 from mountproc._errors import JobFileError, SettingsError
-from mountproc._records import JobRef
+from mountproc._shard.sample import RECORD_SUFFIX, normalize_outputs, uses_reserved
 
 P = TypeVar("P", bound=BaseModel)
+S = TypeVar("S", default=Any)
 
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_SUFFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}(\.[A-Za-z0-9][A-Za-z0-9_-]{0,31})*$")
 _DATASET_RE = re.compile(r"^dataset://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -65,12 +64,13 @@ class SourceFile:
 
 
 @dataclass(frozen=True)
-class Context(Generic[P]):
-    """What a transform gets besides the file: typed parameters, the per-worker state, and a
-    private temporary directory inside the shard's scratch area."""
+class Context(Generic[P, S]):
+    """What a transform gets besides the file: typed parameters, the per-worker state (what
+    setup returned; ``Context[Params, Model]`` types it), the shard's index, and a private
+    temporary directory inside the shard's scratch area."""
 
     params: P
-    state: Any
+    state: S
     shard: int
     tmp_dir: Path
 
@@ -99,6 +99,7 @@ class Job:
     settings: Mapping[str, Any] = field(default_factory=dict)
     transform_fn: Transform | None = None
     setup_fn: Setup | None = None
+    _states: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.include = tuple(self.include)
@@ -107,15 +108,58 @@ class Job:
         self.validate()
 
     def transform(self, fn: Transform) -> Transform:
-        """Decorator: register the per-file transform."""
+        """Decorator: register the per-file transform (once: a second one is an error)."""
+        self._refuse_second("transform", self.transform_fn, fn)
         self.transform_fn = fn
         return fn
 
     def setup(self, fn: Setup) -> Setup:
         """Decorator: register a function called once per worker with the parameters; what it
-        returns is ``ctx.state`` for every file that worker processes."""
+        returns is ``ctx.state`` for every file that worker processes (once: a second one is an
+        error)."""
+        self._refuse_second("setup", self.setup_fn, fn)
         self.setup_fn = fn
         return fn
+
+    def _refuse_second(
+        self, what: str, old: Callable[..., Any] | None, new: Callable[..., Any]
+    ) -> None:
+        if old is not None:
+            raise JobFileError(
+                f"job {self.name!r} already has a {what}, {_name(old)}: @job.{what} on "
+                f"{_name(new)} would replace it; keep one (call helpers from it)"
+            )
+
+    def apply(self, path: str | Path, /, **params: Any) -> dict[str, bytes]:
+        """Try the transform on one file in this process: setup runs once per parameter set
+        (kept on this ``Job``), then the transform; returns the outputs by suffix as the tar
+        would hold them (without the sample's ``.json`` record). A declined file raises
+        ``Skip``; the transform's own exception propagates, traceback and all."""
+        if self.transform_fn is None:
+            raise JobFileError(f"job {self.name!r} has no transform (use @job.transform)")
+        parsed = self.parse_params(params)
+        src = _source_file(Path(path))
+        with tempfile.TemporaryDirectory(prefix="mountproc-apply-") as tmp:
+            ctx: Context[Any] = Context(parsed, self._state(parsed), 0, Path(tmp))
+            value = self.transform_fn(src, ctx)
+            if value is None:
+                raise Skip("declined by the transform")
+            outputs = normalize_outputs(value)
+        if uses_reserved(outputs):
+            raise JobFileError(
+                f"the transform returned an output named {RECORD_SUFFIX!r}, which mountproc "
+                f"writes itself: give it another name, e.g. 'meta.{RECORD_SUFFIX}'"
+            )
+        return dict(outputs)
+
+    def _state(self, params: BaseModel) -> Any:
+        """What setup returned for these parameters (run once)."""
+        if self.setup_fn is None:
+            return None
+        key = params.model_dump_json()
+        if key not in self._states:
+            self._states[key] = self.setup_fn(params)
+        return self._states[key]
 
     def validate(self) -> None:
         """Raise ``JobFileError`` for an invalid declaration."""
@@ -158,99 +202,13 @@ def check_dataset_uri(uri: str, setting: str) -> str:
     return uri
 
 
-def normalize_outputs(value: Mapping[str, Any]) -> list[tuple[str, bytes]]:
-    """Turn a transform's return value into ``(suffix, bytes)`` pairs sorted by suffix."""
-    if not isinstance(value, Mapping):
-        raise TypeError(
-            f"transform must return a mapping of suffix to content, not {type(value).__name__}"
-        )
-    out: list[tuple[str, bytes]] = []
-    for suffix, content in value.items():
-        if not isinstance(suffix, str) or not _SUFFIX_RE.match(suffix):
-            raise ValueError(
-                f"invalid output suffix {suffix!r}: use letters, digits, '-', '_', '.'"
-            )
-        out.append((suffix, _encode(suffix, content)))
-    return sorted(out)
+def _name(fn: Callable[..., Any]) -> str:
+    return f"{getattr(fn, '__qualname__', fn)!s}()"
 
 
-def _encode(suffix: str, content: Any) -> bytes:
-    if isinstance(content, (bytes, bytearray, memoryview)):
-        return bytes(content)
-    if isinstance(content, str):
-        return content.encode("utf-8")
-    if suffix.endswith("json"):
-        # a path with undecodable bytes holds lone surrogates: write them as JSON's \udcNN
-        # escapes, which decode back to the same string
-        text = json.dumps(content, sort_keys=True, ensure_ascii=False)
-        return text.encode("utf-8", "backslashreplace")
-    raise TypeError(f"output {suffix!r} must be bytes or str, not {type(content).__name__}")
-
-
-_LOADED: dict[str, Job] = {}
-_LOAD_LOCK = threading.Lock()  # worker threads of one process load a job once
-
-
-def read_job_file(path: str | Path) -> JobRef:
-    """Read a job file into a ``JobRef`` (its text travels to workers)."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise JobFileError(f"job file {str(p)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise JobFileError(f"job file {str(p)!r} cannot be read: {exc}") from None
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return JobRef(filename=str(p.resolve()), source=text, digest=digest)
-
-
-def load_job(ref: JobRef) -> Job:
-    """Execute a job file's text as a module (once per process) and return its ``Job``."""
-    with _LOAD_LOCK:
-        cached = _LOADED.get(ref.digest)
-        if cached is None:
-            cached = _LOADED[ref.digest] = _find_job(ref, _exec_module(ref))
-        return cached
-
-
-def _find_job(ref: JobRef, module: types.ModuleType) -> Job:
-    jobs = [v for v in vars(module).values() if isinstance(v, Job)]
-    if len(jobs) != 1:
-        raise JobFileError(f"{ref.filename}: expected exactly one mountproc.Job, found {len(jobs)}")
-    job = jobs[0]
-    if job.transform_fn is None:
-        raise JobFileError(
-            f"{ref.filename}: job {job.name!r} has no transform (use @job.transform)"
-        )
-    return job
-
-
-def _exec_module(ref: JobRef) -> types.ModuleType:
-    name = f"mountproc_job_{ref.digest[:16]}"
-    module = types.ModuleType(name)
-    module.__file__ = ref.filename
-    sys.modules[name] = module  # pydantic and dataclasses look their module up by name
-    try:
-        code = compile(ref.source, ref.filename, "exec")
-        exec(code, module.__dict__)
-    except Exception as exc:
-        del sys.modules[name]
-        # one line: exception messages (pydantic's among them) may span several
-        text = " ".join(_describe(exc, ref.filename).split())
-        raise JobFileError(f"{ref.filename}: {text}") from None
-    return module
-
-
-def _describe(exc: BaseException, filename: str) -> str:
-    if isinstance(exc, SyntaxError):
-        return f"line {exc.lineno}: SyntaxError: {exc.msg}"
-    line = None
-    tb = exc.__traceback__
-    while tb is not None:  # the deepest frame that is the job file itself
-        if tb.tb_frame.f_code.co_filename == filename:
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    where = f"line {line}: " if line else ""
-    if isinstance(exc, JobFileError):  # already says what is wrong; add only where
-        return f"{where}{exc}"
-    return f"{where}{type(exc).__name__}: {exc}"
+def _source_file(path: Path) -> SourceFile:
+    """A file given to ``Job.apply``, read (and hashed) as a worker reads it."""
+    st = path.stat()
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    return SourceFile(path.absolute(), path.name, st.st_size, st.st_mtime_ns, data, sha)

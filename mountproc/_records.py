@@ -39,11 +39,13 @@ class FileEntry:
 
 @dataclass(frozen=True)
 class JobRef:
-    """A job file as it travels to workers: its text, so workers need not have the file."""
+    """A job as it travels to workers: its file's text, so workers need not have the file, or
+    (a ``Job`` made in Python) the job pickled by value."""
 
     filename: str
     source: str
     digest: str
+    pickled: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

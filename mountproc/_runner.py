@@ -1,363 +1,214 @@
-"""Orchestrates a run: preflight, crawl, shard, run shards on the cluster, publish, report."""
+"""Orchestration only: a ``Run`` takes a job through preflight, listing, shards on the cluster,
+publishing and the summary; each stage's work is done by its own package."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from mountproc._cluster import client as _cluster
-from mountproc._cluster import placement as _placement
-from mountproc._errors import (
-    DiskFullError,
-    MountError,
-    MountprocError,
-)
+from distributed import Client
+
+from mountproc._cluster.connect import connect
+from mountproc._cluster.placement import crawl_on_cluster
+from mountproc._cluster.stream import TaskStream, WorkerWatch, executor, worker_count
+from mountproc._cluster.transfer import brought
+from mountproc._errors import MountprocError
 from mountproc._job import Job
-from mountproc._listing.listing import ListingStats, Patterns, write_listing
-from mountproc._listing.sharding import Plan, ShardBounds, iter_shards, write_plan
-from mountproc._listing.testmode import write_test_listing
-from mountproc._mounts.preflight import DirReport, MountReport, check_output_dir, check_source
+from mountproc._listing.sharding import Plan, iter_shards
+from mountproc._listing.stage import list_and_shard, lister
+from mountproc._mounts.preflight import Preflight, preflight
 from mountproc._mounts.sourcewatch import SourceWatch
-from mountproc._mounts.table import DISK_FULL_ERRNOS, show
-from mountproc._outputs import metadata as _metadata
-from mountproc._outputs.resume import RunPaths, begin, remove_published, write_state
-from mountproc._records import (
-    FileResult,
-    JobRef,
-    Limits,
-    ShardResult,
-    ShardSpec,
-    Status,
-    WorkerCheck,
-)
+from mountproc._outputs.layout import RunPaths
+from mountproc._outputs.publish import disk_full_is_an_error
+from mountproc._outputs.results import collect, dataset_target, finish
+from mountproc._outputs.resume import Begun, begin, remove_published, write_state
+from mountproc._outputs.summary import Tally
+from mountproc._records import JobRef, Limits, ShardSpec, WorkerCheck
 from mountproc._settings import ResolvedRun
-from mountproc._shard.tar import publish
 from mountproc._shard.worker import run_shard
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
-T = TypeVar("T")
-TEST_MODE_TAG = "mountproc-test-mode"
-TOKEN_NAME = ".mountproc-token"  # in scratch: a worker that reads it shares this scratch
-
-
-@dataclass
-class Tally:
-    """Running counts of a run."""
-
-    shards_total: int = 0
-    files_total: int = 0
-    shards_done: int = 0
-    shards_failed: int = 0
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0
-    not_selected: int = 0  # entries the listing skipped (symlinks, patterns...): never shards
-    records: list[_metadata.ShardRecord] = field(default_factory=list)
-
-    def reuse(self, finished: dict[int, _metadata.ShardRecord]) -> None:
-        """Count the shards an earlier run of the same command finished."""
-        for record in finished.values():
-            self.records.append(record)
-            self.shards_done += 1
-            self.ok += record.files_ok
-            self.failed += record.files_failed
-            self.skipped += record.files_skipped
-
-    def add(self, results: tuple[FileResult, ...]) -> None:
-        """Count one shard's file results."""
-        for r in results:
-            if r.status is Status.OK:
-                self.ok += 1
-            elif r.status is Status.FAILED:
-                self.failed += 1
-            else:
-                self.skipped += 1
 
 
 @dataclass(frozen=True)
 class RunReport:
-    """What a run did; ``within_budget`` decides the exit code."""
+    """What a run did: the summary (as in ``<job>-summary.json``) and where it published."""
 
     summary: dict[str, Any]
     within_budget: bool
+    outputs: Path
 
 
-@dataclass(frozen=True)
-class Preflight:
-    """What the preflight found: the source's mount, and scratch and outputs."""
+class Run:
+    """One run of a job with resolved settings; ``execute()`` runs it end to end."""
 
-    mount: MountReport
-    dirs: tuple[DirReport, ...]
+    def __init__(
+        self,
+        job: Job,
+        ref: JobRef,
+        resolved: ResolvedRun,
+        client: Client | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        self.job, self.ref, self.resolved = job, ref, resolved
+        self.settings = resolved.settings
+        self.paths = RunPaths(resolved.outputs, resolved.scratch, job.name)
+        self.given_client = client
+        self.progress = progress or (lambda event: None)
+        self.tally = Tally()
 
-    def as_dict(self) -> dict[str, Any]:
-        """The facts for the run summary."""
-        return {"mount": self.mount.as_dict(), **{d.role: d.as_dict() for d in self.dirs}}
-
-
-def preflight_source(job: Job, run: ResolvedRun) -> MountReport:
-    """Check the source mount before anything is started or written."""
-    s = run.settings
-    report, warnings = check_source(
-        run.source,
-        declared_readonly=job.readonly,
-        strict=run.strict_mounts,
-        allow_writable=s.allow_writable,
-        allow_empty=s.allow_empty,
-        timeout=s.mount_timeout,
-    )
-    for w in warnings:
-        log.warning("%s", w)
-    return report
-
-
-def preflight(job: Job, run: ResolvedRun) -> Preflight:
-    """Check the source mount, scratch and outputs before anything is started or written."""
-    s = run.settings
-    report = preflight_source(job, run)
-    dirs = []
-    for role, path in (("outputs", run.outputs), ("scratch", run.scratch)):
-        if _is_within(path, run.source):
-            raise MountError(
-                f"{role} directory {show(path)} is inside the source {show(run.source)}: it "
-                f"would be crawled as input; choose --{role} outside the source"
-            )
-        dirs.append(check_output_dir(path, role, int(s.min_free_space), s.mount_timeout))
-    return Preflight(report, tuple(dirs))
-
-
-def check_cluster(job: Job, run: ResolvedRun, checked: Preflight) -> int:
-    """Connect to ``--scheduler`` and check every worker's view of the mounts; return how many
-    workers were checked. Writes only a token file in scratch, removed again with the
-    directories made for it."""
-    paths = RunPaths(run, job)
-    made = [d for d in (paths.root, *paths.root.parents) if not d.exists()]
-    paths.root.mkdir(parents=True, exist_ok=True)
-    try:
+    def execute(self) -> RunReport:
+        """Run the job; per-file failures are counted, never raised. A run stopped by Ctrl-C,
+        SIGTERM or a failing environment still publishes what is complete, then raises."""
+        started = time.monotonic()
+        checked = preflight(self.resolved, self.job.readonly)
+        begun = begin(self.paths, self.resolved, self.ref)
+        stop: BaseException | None = None
         with ExitStack() as stack:
-            client, _ = _connect(stack, run, paths, checked.mount)
-            return _cluster.worker_count(client)
-    finally:
-        (paths.root / TOKEN_NAME).unlink(missing_ok=True)
-        for directory in made:  # deepest first; a worker may have written there meanwhile
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+            plan, entries, client, check = self._prepare(stack, begun, checked)
+            try:
+                self._execute(client, self._specs(plan, check, set(begun.finished)))
+            except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a subclass)
+                stop = exc
+                log.warning("interrupted: publishing what is complete")
+            except MountprocError as exc:  # every further shard would fail the same way
+                stop = exc
+                log.error("stopping the run: %s", exc)
+        within = self.settings.budget.allows(self.tally.failed, plan.files) and stop is None
+        summary = self._summary(checked, plan, entries, time.monotonic() - started, within)
+        summary["stopped_by"] = None if stop is None else f"{type(stop).__name__}: {stop}"
+        summary["shards_reused"] = len(begun.finished)
+        self._finish_safely(summary, within, stop)
+        if stop is not None:
+            raise stop
+        return RunReport(summary, within, self.paths.outputs)
 
-
-def _is_within(path: Path, root: Path) -> bool:
-    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
-
-
-def run_job(job: Job, ref: JobRef, run: ResolvedRun, progress: Progress | None = None) -> RunReport:
-    """Run ``job`` end to end; per-file failures are counted, never raised. A run stopped by
-    Ctrl-C, SIGTERM or a failing environment still publishes what is complete, then raises."""
-    started = time.monotonic()
-    checked = preflight(job, run)
-    paths = RunPaths(run, job)
-    begun = begin(paths, run, ref)
-    s = run.settings
-    stop: BaseException | None = None
-    with ExitStack() as stack:
+    def _prepare(
+        self, stack: ExitStack, begun: Begun, checked: Preflight
+    ) -> tuple[Plan, int, Client, WorkerCheck]:
+        """The shards (listed now, or an earlier run's), and the checked cluster."""
         client = check = None
-        if begun.plan is None and _placement.crawl_on_cluster(run):  # the workers list the tree too
-            client, check = _connect(stack, run, paths, checked.mount)
-        plan, entries = begun.plan or list_and_shard(
-            job, run, paths, begun.state, checked.mount, client
-        )
+        if begun.plan is None and crawl_on_cluster(self.resolved):  # workers list the tree too
+            client, check = self._connect(stack, checked)
+        if begun.plan is not None:
+            plan, entries = begun.plan
+        else:
+            plan, entries = self._list(checked, client, begun.state)
         skips = entries - plan.files
-        tally = Tally(plan.shards, plan.files, skipped=skips, not_selected=skips)
-        tally.reuse(begun.finished)
+        self.tally = Tally(plan.shards, plan.files, skipped=skips, not_selected=skips)
+        self.tally.reuse(begun.finished.values())
         if client is None or check is None:
-            client, check = _connect(stack, run, paths, checked.mount)
+            client, check = self._connect(stack, checked)
         remove_published(begun.replaced)
-        paths.outputs.mkdir(parents=True, exist_ok=True)
-        specs = _specs(job, ref, run, paths, check, set(begun.finished))
+        self.paths.outputs.mkdir(parents=True, exist_ok=True)
+        return plan, entries, client, check
+
+    def _connect(self, stack: ExitStack, checked: Preflight) -> tuple[Client, WorkerCheck]:
+        return connect(stack, self.resolved, self.paths.token, checked.mount, self.given_client)
+
+    def _list(
+        self, checked: Preflight, client: Client | None, state: dict[str, Any]
+    ) -> tuple[Plan, int]:
+        cluster = executor(client) if client is not None else None
+        where = partial(lister, self.resolved, checked.mount, cluster)
+        plan, entries = list_and_shard(
+            self.job, self.resolved, self.paths.listing, self.paths.plan, where
+        )
+        totals = {"shards": plan.shards, "files": plan.files, "bytes": plan.bytes}
+        write_state(self.paths.root, {**state, "listed": {**totals, "entries": entries}})
+        return plan, entries
+
+    def _specs(self, plan: Plan, check: WorkerCheck, done: set[int]) -> Iterator[ShardSpec]:
+        params_json = self.resolved.params.model_dump_json()
+        limits = Limits(self.settings.file_timeout, self.settings.mount_timeout)
+        source, work_dir = str(self.resolved.source), str(self.paths.shards)
+        for index, entries in iter_shards(plan.path):
+            if index in done:
+                continue
+            name = self.paths.tar_name(index)
+            yield ShardSpec(
+                index, self.ref, params_json, source, work_dir, name, entries, check, limits
+            )
+
+    def _execute(self, client: Client, specs: Iterator[ShardSpec]) -> None:
+        s = self.settings
+        stream = TaskStream(
+            client,
+            run_shard,
+            specs,
+            key=lambda spec: (
+                f"mountproc-{spec.tar_name.removesuffix('.tar')}-{spec.job.digest[:8]}"
+            ),
+            window=2 * max(1, worker_count(client)) * s.threads_per_worker,
+        )
+        self.progress(self.tally.progress())  # the starting point: what earlier runs already did
         try:
-            _execute(client, run, paths, specs, tally, progress)
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a subclass)
-            stop = exc
-            log.warning("interrupted: publishing what is complete")
-        except MountprocError as exc:  # every further shard would fail the same way
-            stop = exc
-            log.error("stopping the run: %s", exc)
-    within = s.budget.allows(tally.failed, plan.files) and stop is None
-    summary = _summary(job, run, checked, plan, tally, entries, time.monotonic() - started, within)
-    summary["stopped_by"] = None if stop is None else f"{type(stop).__name__}: {stop}"
-    summary["shards_reused"] = len(begun.finished)
-    _finish_safely(job, run, paths, tally, summary, within, stop)
-    if stop is not None:
-        raise stop
-    return RunReport(summary, within)
+            with (
+                SourceWatch(
+                    self.resolved.source, s.mount_timeout, "the run", on_lost=stream.cancel
+                ) as watch,
+                WorkerWatch(client, s.worker_wait, stream.cancel) as workers,
+            ):
+                for spec, outcome, worker in stream:
+                    watch.check()
+                    workers.check()
+                    # a copy may take long: Ctrl-C interrupts it (the shard is redone on a rerun)
+                    got = disk_full_is_an_error(
+                        partial(brought, client, self.paths.shards, outcome, worker)
+                    )
+                    # a tar is published together with its record, or not at all
+                    _shielded(
+                        partial(
+                            disk_full_is_an_error,
+                            partial(collect, self.paths, spec, got, self.tally),
+                        )
+                    )
+                    self.progress(self.tally.progress())
+        finally:  # on a stop, cancel the shards in flight while the cluster is still up
+            stream.cancel()
 
+    def _summary(
+        self, checked: Preflight, plan: Plan, entries: int, seconds: float, within: bool
+    ) -> dict[str, Any]:
+        s = self.settings
+        return {
+            "job": self.job.name,
+            "source": str(self.resolved.source),
+            **checked.as_dict(),
+            "test_mode": s.test_mode,
+            **self.tally.counts(plan, entries),
+            "max_failures": str(s.budget),
+            "within_budget": within,
+            "dataset": s.dataset if within and dataset_target(s) else None,
+            "params": self.resolved.params.model_dump(mode="json"),
+            "seconds": round(seconds, 3),
+            "files_per_s": round(plan.files / seconds, 1) if seconds > 0 else None,
+        }
 
-def _finish_safely(
-    job: Job,
-    run: ResolvedRun,
-    paths: RunPaths,
-    tally: Tally,
-    summary: dict[str, Any],
-    within: bool,
-    stop: BaseException | None,
-) -> None:
-    """Publish the manifest, summary and metadata; after a stop, a failure to do so (a full
-    disk) must not hide the reason the run stopped."""
-    try:
-        _disk_full_is_an_error(lambda: _finish(job, run, paths, tally, summary, within))
-    except MountprocError as exc:
-        if stop is None:
-            raise
-        log.error("could not publish the manifest and summary: %s", exc)
-
-
-def _worker_check(run: ResolvedRun, paths: RunPaths, mount: MountReport) -> WorkerCheck:
-    """What every worker must see as this process does; writes the scratch token."""
-    token_path = paths.root / TOKEN_NAME
-    token = uuid.uuid4().hex
-    token_path.write_text(token)
-    view = mount.view()
-    return WorkerCheck(str(run.source), view, str(token_path), token, run.settings.mount_timeout)
-
-
-def _connect(
-    stack: ExitStack, run: ResolvedRun, paths: RunPaths, mount: MountReport
-) -> tuple[_cluster.Client, WorkerCheck]:
-    """Start or reach the cluster (closed with ``stack``) and check every worker's view."""
-    client = stack.enter_context(_cluster.open_cluster(_placement.cluster_options(run)))
-    check = _worker_check(run, paths, mount)
-    _cluster.check_workers(client, check)
-    return client, check
-
-
-def list_and_shard(
-    job: Job,
-    run: ResolvedRun,
-    paths: RunPaths,
-    state: dict[str, Any],
-    mount: MountReport,
-    client: _cluster.Client | None,
-) -> tuple[Plan, int]:
-    """List the source into ``paths`` (on the cluster when ``client`` is given) and shard it;
-    return the plan and the number of entries listed (``run`` and ``plan`` share this)."""
-    stats = _list(job, run, paths, mount, client)
-    bounds = ShardBounds(run.settings.shard_max_files, int(run.settings.shard_max_bytes))
-    plan = write_plan(paths.listing, paths.plan, bounds)
-    log.info("%d files (%d bytes) in %d shard(s)", plan.files, plan.bytes, plan.shards)
-    if plan.files == 0 and not run.settings.allow_empty:
-        raise MountError(
-            f"no files to process under {show(run.source)} ({stats.entries} entries listed, "
-            "none selected): check the source and the job's include/exclude patterns, or pass "
-            "--allow-empty"
+    def _finish_safely(
+        self, summary: dict[str, Any], within: bool, stop: BaseException | None
+    ) -> None:
+        """Publish the manifest, summary and metadata; after a stop, a failure to do so (a full
+        disk) must not hide the reason the run stopped."""
+        target = dataset_target(self.settings) if within else None
+        publish = partial(
+            finish, self.paths, self.tally.records, summary, target, self.settings.test_mode
         )
-    totals = {"shards": plan.shards, "files": plan.files, "bytes": plan.bytes}
-    write_state(paths.root, {**state, "listed": {**totals, "entries": stats.entries}})
-    return plan, stats.entries
-
-
-def _list(
-    job: Job, run: ResolvedRun, paths: RunPaths, mount: MountReport, client: _cluster.Client | None
-) -> ListingStats:
-    """List the source into ``paths.listing``: in test mode only the subset, found without
-    listing the whole tree."""
-    patterns = Patterns(job.include, job.exclude)
-    s = run.settings
-    with SourceWatch(run.source, s.mount_timeout, "the listing") as watch:
-        if s.test_mode:
-            return watch.run(
-                lambda: write_test_listing(
-                    run.source, patterns, paths.listing, s.test_size, watch.probe
-                )
-            )
-        with _placement.lister(run, mount, client) as executor:
-            return watch.run(
-                lambda: write_listing(run.source, patterns, paths.listing, watch.probe, executor)
-            )
-
-
-def _specs(
-    job: Job, ref: JobRef, run: ResolvedRun, paths: RunPaths, check: WorkerCheck, done: set[int]
-) -> Iterator[ShardSpec]:
-    params_json = run.params.model_dump_json()
-    limits = Limits(run.settings.file_timeout, run.settings.mount_timeout)
-    for index, entries in iter_shards(paths.plan):
-        if index in done:
-            continue
-        yield ShardSpec(
-            index,
-            ref,
-            params_json,
-            str(run.source),
-            str(paths.shards),
-            paths.tar_name(index),
-            entries,
-            check,
-            limits,
-        )
-
-
-def _execute(
-    client: _cluster.Client,
-    run: ResolvedRun,
-    paths: RunPaths,
-    specs: Iterator[ShardSpec],
-    tally: Tally,
-    progress: Progress | None,
-) -> None:
-    threads = run.settings.threads_per_worker
-    window = 2 * max(1, _cluster.worker_count(client)) * threads
-    stream = _cluster.TaskStream(
-        client,
-        run_shard,
-        specs,
-        key=lambda spec: f"mountproc-{paths.tar_prefix}{spec.index:06d}-{spec.job.digest[:8]}",
-        window=window,
-    )
-    timeout = run.settings.mount_timeout
-    if progress is not None:  # the starting point: what earlier runs already did
-        progress(_progress_event(tally))
-    try:
-        with (
-            SourceWatch(run.source, timeout, "the run", on_lost=stream.cancel) as watch,
-            _cluster.WorkerWatch(client, run.settings.worker_wait, stream.cancel) as workers,
-        ):
-            for spec, outcome, worker in stream:
-                watch.check()
-                workers.check()
-                # a tar is published together with its record, or not at all
-                # a copy may take long: Ctrl-C interrupts it (the shard is redone on a rerun)
-                brought = _disk_full_is_an_error(
-                    partial(_placement.brought, client, paths, outcome, worker)
-                )
-                collect = partial(_collect, paths, spec, brought, tally)
-                _shielded(partial(_disk_full_is_an_error, collect))
-                if progress is not None:
-                    progress(_progress_event(tally))
-    finally:  # on a stop, cancel the shards in flight while the cluster is still up
-        stream.cancel()
-
-
-def _disk_full_is_an_error(fn: Callable[[], T]) -> T:
-    """Run ``fn``; a full disk (scratch or outputs) becomes DiskFullError naming the path."""
-    try:
-        return fn()
-    except OSError as exc:
-        if exc.errno not in DISK_FULL_ERRNOS:
-            raise
-        where = show(exc.filename) if exc.filename else "scratch or outputs"
-        raise DiskFullError(
-            f"no space left writing {where} ({exc.strerror}): free space or point --scratch "
-            "and --outputs at bigger disks, then run again"
-        ) from None
+        try:
+            disk_full_is_an_error(publish)
+        except MountprocError as exc:
+            if stop is None:
+                raise
+            log.error("could not publish the manifest and summary: %s", exc)
 
 
 def _shielded(fn: Callable[[], None]) -> None:
@@ -383,108 +234,3 @@ def _shielded(fn: Callable[[], None]) -> None:
         raise errors[0]
     if interrupted is not None:
         raise interrupted
-
-
-def _collect(
-    paths: RunPaths, spec: ShardSpec, outcome: ShardResult | BaseException, tally: Tally
-) -> None:
-    if isinstance(outcome, MountprocError):
-        raise outcome  # a broken setup, a worker's mount, a full disk: every shard would fail
-    if isinstance(outcome, BaseException):
-        reason = f"shard {spec.index} failed: {type(outcome).__name__}: {outcome}".strip()
-        log.error("%s", reason)
-        results = tuple(FileResult(e.path, Status.FAILED, reason[:500]) for e in spec.entries)
-        _metadata.write_results(_metadata.results_path(paths.results, spec.index), results)
-        tally.shards_failed += 1
-        tally.add(results)
-        return
-    publish(Path(outcome.tar_path), paths.outputs / spec.tar_name)
-    _metadata.write_results(_metadata.results_path(paths.results, spec.index), outcome.results)
-    record = _metadata.shard_record(outcome)
-    _metadata.write_record(_metadata.record_path(paths.results, spec.index), record)
-    tally.records.append(record)
-    tally.shards_done += 1
-    tally.add(outcome.results)
-
-
-def _progress_event(tally: Tally) -> dict[str, Any]:
-    return {
-        "shards_done": tally.shards_done + tally.shards_failed,
-        "shards_total": tally.shards_total,
-        "files_done": tally.ok + tally.failed + tally.skipped - tally.not_selected,
-        "files_ok": tally.ok,
-        "files_failed": tally.failed,
-        "files_skipped": tally.skipped - tally.not_selected,
-        "files_total": tally.files_total,
-    }
-
-
-def _summary(
-    job: Job,
-    run: ResolvedRun,
-    checked: Preflight,
-    plan: Plan,
-    tally: Tally,
-    entries: int,
-    seconds: float,
-    within: bool,
-) -> dict[str, Any]:
-    s = run.settings
-    return {
-        "job": job.name,
-        "source": str(run.source),
-        **checked.as_dict(),
-        "test_mode": s.test_mode,
-        "entries_listed": entries,
-        "files_selected": plan.files,
-        "bytes_selected": plan.bytes,
-        "files_ok": tally.ok,
-        "files_failed": tally.failed,
-        "files_skipped": tally.skipped,
-        "files_not_processed": entries - tally.ok - tally.failed - tally.skipped,
-        "shards": plan.shards,
-        "shards_published": tally.shards_done,
-        "shards_failed": tally.shards_failed,
-        "max_failures": str(s.budget),
-        "within_budget": within,
-        "dataset": s.dataset if within and _dataset_target(run) else None,
-        "params": run.params.model_dump(mode="json"),
-        "seconds": round(seconds, 3),
-        "files_per_s": round(plan.files / seconds, 1) if seconds > 0 else None,
-    }
-
-
-def _finish(
-    job: Job, run: ResolvedRun, paths: RunPaths, tally: Tally, summary: dict[str, Any], within: bool
-) -> None:
-    """Publish the manifest, the summary, the wids index and the Valohai metadata (dataset
-    entries only when the run is within its failure budget and not in test mode)."""
-    records = sorted(tally.records, key=lambda r: r.index)
-    manifest = paths.root / paths.manifest
-    _metadata.write_manifest(paths.plan, paths.results, {r.index: r.tar for r in records}, manifest)
-    publish(manifest, paths.outputs / paths.manifest)
-    for name, data in (
-        (paths.summary, summary),
-        (paths.index, _metadata.wids_index(job.name, records)),
-    ):
-        _metadata.write_json(paths.root / name, data)
-        publish(paths.root / name, paths.outputs / name)
-    lines = _metadata.metadata_lines(
-        records,
-        [paths.manifest, paths.summary, paths.index],
-        _dataset_target(run) if within else None,
-        [TEST_MODE_TAG] if run.settings.test_mode else [],
-        {"mountproc.job": job.name, "source": str(run.source)},
-    )
-    meta = paths.root / _metadata.METADATA_NAME
-    meta.write_text("".join(line + "\n" for line in lines))
-    publish(meta, paths.outputs / _metadata.METADATA_NAME)
-
-
-def _dataset_target(run: ResolvedRun) -> _metadata.DatasetTarget | None:
-    s = run.settings
-    if s.test_mode or not s.dataset:
-        return None
-    return _metadata.DatasetTarget(
-        s.dataset, s.dataset_start_fresh, s.dataset_from, s.dataset_aliases
-    )

@@ -72,44 +72,140 @@ class FailureBudget:
         return str(self.count) if self.count is not None else f"{(self.fraction or 0) * 100:g}%"
 
 
+def _setting(
+    default: Any,
+    description: str,
+    *,
+    metavar: str | None = None,
+    flag: str | None = None,
+    alias: AliasChoices | None = None,
+    valohai: bool = False,
+    **bounds: Any,
+) -> Any:
+    """One setting, declared once: its default, bounds and description make the CLI option
+    (``metavar``, and ``flag`` when it differs from the field's name), ``check``'s report, the
+    README's table (checked by a test) and, with ``valohai``, a parameter of the generated
+    Valohai step."""
+    extra = {"metavar": metavar, "flag": flag, "valohai": valohai}
+    return Field(
+        default,
+        description=description,
+        validation_alias=alias,
+        json_schema_extra={k: v for k, v in extra.items() if v},
+        **bounds,
+    )
+
+
+def setting_extra(name: str) -> dict[str, Any]:
+    """What ``_setting`` declared of a field besides pydantic's own (metavar, flag, valohai)."""
+    extra = RunSettings.model_fields[name].json_schema_extra
+    return dict(extra) if isinstance(extra, dict) else {}
+
+
 class RunSettings(BaseSettings):
-    """Every setting of ``mountproc run``; see the README's settings table."""
+    """Every setting of ``mountproc run``, declared once (see ``_setting``)."""
 
     model_config = SettingsConfigDict(
         env_prefix="MOUNTPROC_", populate_by_name=True, extra="forbid", frozen=True
     )
 
-    source: Path | None = None
-    outputs: Path | None = Field(None, validation_alias=_env("outputs", "VH_OUTPUTS_DIR"))
-    scratch: Path | None = None
-    test_mode: bool = Field(False, validation_alias=_env("test_mode", "TEST_MODE"))
-    test_size: int = Field(100, ge=1)
-    workers: int | None = Field(None, ge=1)
-    threads_per_worker: int = Field(1, ge=1)
-    scheduler: str | None = Field(
-        None, validation_alias=_env("scheduler", "DASK_SCHEDULER_ADDRESS")
+    source: Path | None = _setting(None, "Source directory (default: the job's).", metavar="DIR")
+    outputs: Path | None = _setting(
+        None,
+        "Outputs directory (default: $VH_OUTPUTS_DIR; /valohai/outputs on Valohai; else "
+        "./outputs).",
+        metavar="DIR",
+        alias=_env("outputs", "VH_OUTPUTS_DIR"),
     )
-    tls_ca_file: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    worker_wait: float = Field(60.0, gt=0)
-    scheduler_port: int = Field(8786, ge=1, le=65535)
-    crawl: Literal["auto", "driver", "cluster"] = "auto"
-    crawl_threads: int | None = Field(None, ge=1)
-    dataset: str | None = None
-    dataset_from: str | None = None
-    dataset_start_fresh: bool = False
-    dataset_aliases: tuple[str, ...] = ()
-    shard_max_files: int = Field(1000, ge=1)
-    shard_max_bytes: ByteSize = Field(ByteSize(1 << 30), gt=0)
-    max_failures: str = "1%"
-    strict_mounts: bool | None = None
-    allow_writable: bool = False
-    allow_empty: bool = False
-    mount_timeout: float = Field(30.0, gt=0)
-    file_timeout: float = Field(300.0, ge=0)
-    min_free_space: ByteSize = Field(ByteSize(1 << 30), ge=0)
-    fresh: bool = False
+    scratch: Path | None = _setting(None, "Working directory for shards.", metavar="DIR")
+    test_mode: bool = _setting(
+        False,
+        "Process a small deterministic subset (also TEST_MODE=true).",
+        alias=_env("test_mode", "TEST_MODE"),
+        valohai=True,
+    )
+    test_size: int = _setting(
+        100, "Files in the test-mode subset (default 100).", ge=1, valohai=True
+    )
+    workers: int | None = _setting(
+        None, "Workers of the embedded local cluster (default: CPUs).", ge=1
+    )
+    threads_per_worker: int = _setting(1, "Threads per local worker (default 1).", ge=1)
+    scheduler: str | None = _setting(
+        None,
+        "Address of an existing Dask scheduler (also DASK_SCHEDULER_ADDRESS).",
+        alias=_env("scheduler", "DASK_SCHEDULER_ADDRESS"),
+    )
+    tls_ca_file: Path | None = _setting(
+        None, "CA certificate of a tls:// scheduler.", metavar="FILE"
+    )
+    tls_cert: Path | None = _setting(None, "This client's TLS certificate (PEM).", metavar="FILE")
+    tls_key: Path | None = _setting(None, "This client's TLS private key (PEM).", metavar="FILE")
+    worker_wait: float = _setting(
+        60.0, "Seconds to wait for workers to join an existing scheduler (default 60).", gt=0
+    )
+    scheduler_port: int = _setting(
+        8786,
+        "Port of the scheduler a Valohai distributed task's primary starts (8786).",
+        ge=1,
+        le=65535,
+    )
+    crawl: Literal["auto", "driver", "cluster"] = _setting(
+        "auto",
+        "Where the tree is listed: here, or on the cluster's workers (auto: on the workers of an "
+        "existing or distributed cluster).",
+    )
+    crawl_threads: int | None = _setting(
+        None,
+        "Threads that list the tree here (default: 16 on a network file system, 1 on a local "
+        "disk).",
+        ge=1,
+    )
+    dataset: str | None = _setting(
+        None, "Valohai dataset version: dataset://NAME/VERSION.", valohai=True
+    )
+    dataset_from: str | None = _setting(
+        None, "Base the dataset version on this one (dataset://NAME/VERSION)."
+    )
+    dataset_start_fresh: bool = _setting(False, "Start the dataset version empty.")
+    dataset_aliases: tuple[str, ...] = _setting(
+        (), "Targeting alias for the dataset version (repeatable).", flag="dataset-alias"
+    )
+    shard_max_files: int = _setting(
+        1000, "Files per shard at most (default 1000).", ge=1, valohai=True
+    )
+    shard_max_bytes: ByteSize = _setting(
+        ByteSize(1 << 30),
+        "Source bytes per shard at most, e.g. 512MiB (default 1GiB).",
+        gt=0,
+        valohai=True,
+    )
+    max_failures: str = _setting(
+        "1%", "Failure budget: a count (10) or a fraction (0.01, 1%).", valohai=True
+    )
+    strict_mounts: bool | None = _setting(
+        None, "Require the source to be a mount (default: on Valohai only)."
+    )
+    allow_writable: bool = _setting(False, "Accept a source mounted read-write.")
+    allow_empty: bool = _setting(False, "Accept a source with no files (default: an error).")
+    mount_timeout: float = _setting(
+        30.0,
+        "Seconds a mount may take to answer a probe before it counts as hung (default 30).",
+        gt=0,
+        valohai=True,
+    )
+    file_timeout: float = _setting(
+        300.0,
+        "Seconds one file's transform may take; the file then fails (default 300, 0: no limit).",
+        ge=0,
+        valohai=True,
+    )
+    min_free_space: ByteSize = _setting(
+        ByteSize(1 << 30),
+        "Free space that scratch and outputs must have at the start, e.g. 20GiB (default 1GiB).",
+        ge=0,
+    )
+    fresh: bool = _setting(False, "Replace earlier results of this job in outputs.")
 
     @field_validator("dataset", "dataset_from")
     @classmethod

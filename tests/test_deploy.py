@@ -126,7 +126,7 @@ def test_values_are_passed_as_name_equals_value(step: Any) -> None:
 
 def test_job_parameters_match_the_job_bounds_and_defaults(step: Any) -> None:
     """Valohai's form must not accept a value the job rejects, nor default to another one."""
-    from mountproc._job import load_job, read_job_file
+    from mountproc._jobfile import load_job, read_job_file
 
     job = load_job(read_job_file(YAML_PATH.parent.parent / "jobs" / "resize_images.py"))
     for name, field in job.params.model_fields.items():

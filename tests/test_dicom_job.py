@@ -27,7 +27,8 @@ from pydicom.pixels.processing import apply_modality_lut, apply_windowing
 from pydicom.uid import JPEGLSLossless
 
 from mountproc._errors import SettingsError
-from mountproc._job import Context, Job, SourceFile, load_job, read_job_file
+from mountproc._job import Context, Job, SourceFile
+from mountproc._jobfile import load_job, read_job_file
 
 JOB_FILE = Path(__file__).resolve().parents[1] / "jobs" / "dicom_to_png.py"
 JOB_NAME = "dicom-to-png"

@@ -13,8 +13,10 @@ from pydantic import BaseModel, Field
 
 from mountproc import Job, JobFileError, NoParams, SettingsError, SourceFile
 from mountproc._errors import UsageError
-from mountproc._job import check_dataset_uri, load_job, normalize_outputs, read_job_file
+from mountproc._job import check_dataset_uri
+from mountproc._jobfile import load_job, read_job_file
 from mountproc._records import JobRef
+from mountproc._shard.sample import normalize_outputs
 
 GOOD_JOB = """\
 from pydantic import BaseModel

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from mountproc._shard.tar import MEMBER_MODE, TarBuilder, member_key, publish
+from mountproc._outputs.publish import publish
+from mountproc._shard.sample import member_key
+from mountproc._shard.tar import MEMBER_MODE, TarBuilder
 
 # The split WebDataset's ``base_plus_ext`` uses to cut a member name into key and suffix.
 WDS_SPLIT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")

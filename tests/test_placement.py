@@ -9,9 +9,9 @@ import pytest
 from conftest import run_cli
 from tlscerts import issue, make_ca, openssl_available
 
-from mountproc._cluster.placement import lister as _lister
 from mountproc._job import Job
-from mountproc._mounts.preflight import check_source
+from mountproc._listing.stage import lister as _lister
+from mountproc._mounts.source import check_source
 from mountproc._mounts.table import left_stuck
 from mountproc._settings import resolve
 

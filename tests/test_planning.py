@@ -19,11 +19,13 @@ from conftest import NON_UTF8, RESIZE_JOB, make_hostile_tree, run_cli
 
 from mountproc._demo_data import BAD_FILES, make_sample_tree
 from mountproc._errors import JobSetupError, MountError
-from mountproc._job import Job, load_job, read_job_file
-from mountproc._mounts.preflight import human_bytes
-from mountproc._planning import PlanReport, plan_job, render
+from mountproc._job import Job
+from mountproc._jobfile import load_job, read_job_file
+from mountproc._mounts.dirs import human_bytes
+from mountproc._planning.estimate import PlanReport, plan_job
+from mountproc._planning.render import render
 from mountproc._records import JobRef
-from mountproc._runner import run_job
+from mountproc._runner import Run
 from mountproc._settings import ResolvedRun, resolve
 
 SLOW_JOB = '''
@@ -111,7 +113,7 @@ def test_the_figures_are_the_trees_own(tmp_path: Path, system_temp: Path) -> Non
     ref, job = _resize()
     run = _resolved(job, src, tmp_path / "out", shard_max_files=7, test_size=10, workers=3)
 
-    report = plan_job(job, ref, run, sample=4)
+    report = plan_job(job, ref, run, timed=4)
 
     sizes = _selected(job, src)
     assert report.entries == len(list(_walk(src)))
@@ -134,10 +136,10 @@ def test_the_estimate_is_the_median_times_files_over_workers(tmp_path: Path) -> 
     ref, job = _resize()
     run = _resolved(job, src, tmp_path / "out", test_size=1000)
 
-    report = plan_job(job, ref, run, sample=5)
+    report = plan_job(job, ref, run, timed=5)
 
-    assert report.sample_files == 5
-    assert report.sample_failed == 0
+    assert report.timed_files == 5
+    assert report.timed_failed == 0
     assert report.per_file_s is not None
     assert report.per_file_s > 0
     assert report.setup_s > 0
@@ -152,7 +154,7 @@ def test_the_estimate_counts_threads_per_worker(tmp_path: Path) -> None:
     make_sample_tree(src, count=12)
     ref, job = _resize()
     run = _resolved(job, src, tmp_path / "out", workers=3, threads_per_worker=4)
-    report = plan_job(job, ref, run, sample=2)
+    report = plan_job(job, ref, run, timed=2)
     assert (report.workers, report.threads) == (3, 12)
     assert report.per_file_s is not None
     assert report.estimate_s == pytest.approx(report.per_file_s * report.files / 12)
@@ -171,28 +173,28 @@ def test_the_estimate_counts_an_existing_clusters_threads(tmp_path: Path) -> Non
         n_workers=2, threads_per_worker=3, processes=False, dashboard_address=None
     ) as cluster:
         run = _resolved(job, src, tmp_path / "out", scheduler=cluster.scheduler_address)
-        report = plan_job(job, ref, run, sample=2)
+        report = plan_job(job, ref, run, timed=2)
     assert (report.workers, report.threads) == (2, 6)
 
 
-def test_bad_files_in_the_sample_are_counted_as_failed(tmp_path: Path, system_temp: Path) -> None:
+def test_bad_timed_files_are_counted_as_failed(tmp_path: Path, system_temp: Path) -> None:
     src = tmp_path / "src"
     make_hostile_tree(src, tmp_path / "outside")
     ref, job = _resize()
     run = _resolved(job, src, tmp_path / "out")
 
-    report = plan_job(job, ref, run, sample=1000)  # every file
+    report = plan_job(job, ref, run, timed=1000)  # every file
 
-    assert report.sample_files == report.files
-    assert report.sample_failed == len(BAD_FILES)
-    assert report.sample_error is not None
+    assert report.timed_files == report.files
+    assert report.timed_failed == len(BAD_FILES)
+    assert report.timed_error is not None
     lines = render(report)
     assert any(f"; {len(BAD_FILES)} failed (first: " in line for line in lines)
     assert not any(line.startswith("warning") for line in lines)
     assert list(system_temp.iterdir()) == []
 
 
-def test_a_sample_where_every_file_fails_is_a_warning(tmp_path: Path) -> None:
+def test_every_timed_file_failing_is_a_warning(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "a").mkdir(parents=True)
     (src / "a" / "notes.jpg").write_text("not an image")
@@ -203,11 +205,11 @@ def test_a_sample_where_every_file_fails_is_a_warning(tmp_path: Path) -> None:
 
     report = plan_job(job, ref, run)
 
-    assert (report.sample_files, report.sample_failed) == (2, 2)
-    assert "not a readable image" in (report.sample_error or "")
+    assert (report.timed_files, report.timed_failed) == (2, 2)
+    assert "not a readable image" in (report.timed_error or "")
     warning = [line for line in render(report) if line.startswith("warning")]
     assert len(warning) == 1
-    assert "every sampled file failed" in warning[0]
+    assert "every timed file failed" in warning[0]
 
 
 @pytest.mark.parametrize("tree", ["empty", "nothing selected"])
@@ -227,7 +229,7 @@ def test_a_tree_without_files_fails_as_run_fails(
         plan_job(job, ref, run)
     _nothing_written(tmp_path, run, system_temp, src)
     with pytest.raises(MountError) as ran:
-        run_job(job, ref, run)
+        Run(job, ref, run).execute()
 
     assert str(planned.value) == str(ran.value)
     assert ("is empty" if tree == "empty" else "none selected") in str(planned.value)
@@ -240,7 +242,7 @@ def _slow_job(tmp_path: Path) -> tuple[JobRef, Job]:
     return ref, load_job(ref)
 
 
-def test_a_file_over_the_time_limit_fails_and_the_sample_goes_on(tmp_path: Path) -> None:
+def test_a_file_over_the_time_limit_fails_and_the_timing_goes_on(tmp_path: Path) -> None:
     """The worker's watchdog kills the sampling process, never this one; a fresh process
     takes the next file."""
     src = tmp_path / "src"
@@ -252,8 +254,8 @@ def test_a_file_over_the_time_limit_fails_and_the_sample_goes_on(tmp_path: Path)
 
     report = plan_job(job, ref, run)
 
-    assert (report.sample_files, report.sample_failed) == (3, 1)
-    assert report.sample_error == "took longer than --file-timeout=1s"
+    assert (report.timed_files, report.timed_failed) == (3, 1)
+    assert report.timed_error == "took longer than --file-timeout=1s"
 
 
 def test_a_failing_setup_stops_the_plan(tmp_path: Path, system_temp: Path) -> None:
@@ -283,9 +285,9 @@ def test_render() -> None:
         test_size=100,
         test_files=100,
         test_shards=1,
-        sample_files=8,
-        sample_failed=0,
-        sample_error=None,
+        timed_files=8,
+        timed_failed=0,
+        timed_error=None,
         setup_s=1.25,
         per_file_s=0.041,
         workers=2,
@@ -302,7 +304,7 @@ def test_render() -> None:
         f"files        12,345 ({human_bytes(int(3.2 * 2**30))}) in 13 shards "
         "(largest 1,000 files, 1.0 GiB)",
         "test mode    100 files in 1 shard (--test-size 100)",
-        "sample       8 files: 0.041 s per file (median), setup 1.25 s per worker process; "
+        "timed        8 files: 0.041 s per file (median), setup 1.25 s per worker process; "
         "0 failed",
         "estimate     about 4 min on 2 workers, 2 threads (per-file median x files / threads; "
         "tar writing and a network mount add to it; threads beyond the cores help only a "
@@ -318,13 +320,13 @@ def test_the_non_utf8_name_is_planned_like_any_other(tmp_path: Path) -> None:
     ref, job = _resize()
     run = _resolved(job, src, tmp_path / "out")
 
-    report = plan_job(job, ref, run, sample=1000)
+    report = plan_job(job, ref, run, timed=1000)
 
-    assert (report.files, report.sample_files, report.sample_failed) == (12, 12, 0)
+    assert (report.files, report.timed_files, report.timed_failed) == (12, 12, 0)
 
 
 def test_plan_command_prints_the_figures_and_writes_nothing(tmp_path: Path) -> None:
-    """`mountproc plan` end to end: the real CLI, the example job, a sample tree."""
+    """`mountproc plan` end to end: the real CLI, the example job, a demo tree."""
     src, out = tmp_path / "src", tmp_path / "out"
     make_sample_tree(src, count=30)
     proc = run_cli("plan", RESIZE_JOB, "--source", src, "--outputs", out,

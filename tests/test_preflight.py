@@ -14,15 +14,10 @@ from typing import Any
 import pytest
 
 from mountproc._errors import MountError, WorkerMountError
-from mountproc._mounts.preflight import (
-    DirReport,
-    check_output_dir,
-    check_source,
-    check_worker,
-    check_writable_dir,
-    human_bytes,
-)
+from mountproc._mounts.dirs import DirReport, check_output_dir, check_writable_dir, human_bytes
+from mountproc._mounts.source import check_source
 from mountproc._mounts.table import MountInfo
+from mountproc._mounts.workers import check_worker
 from mountproc._records import WorkerCheck
 
 BindMount = Callable[..., Path]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from mountproc._listing.listing import Patterns, write_listing
 from mountproc._listing.sharding import ShardBounds, iter_shards, write_plan
-from mountproc._shard.tar import member_key
+from mountproc._shard.sample import member_key
 
 # name bytes that stress sorting, escaping and splitting: dots, %, spaces, controls, non-UTF-8
 NAME_BYTES = st.sampled_from([b"a", b"B", b".", b"%", b" ", b"-", b"\n", b"\xe9", b"\xc3\xa9"])

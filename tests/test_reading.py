@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from mountproc._errors import JobFileError
-from mountproc._job import read_job_file
+from mountproc._jobfile import read_job_file
 from mountproc._records import FileEntry, ShardSpec, Status
 from mountproc._shard import reading as _reading
-from mountproc._shard.reading import ReadAhead, SourceRead, read_source, sample_record
+from mountproc._shard.reading import ReadAhead, SourceRead, read_source
+from mountproc._shard.sample import record as sample_record
 from mountproc._shard.watchdog import ShardNotes
 from mountproc._shard.worker import run_shard
 

@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw, JpegImagePlugin
 
 from mountproc._demo_data import BAD_FILES, READABLE_ODDITIES, make_sample_tree
 from mountproc._errors import SettingsError
-from mountproc._job import Context, Job, SourceFile, load_job, read_job_file
+from mountproc._job import Context, Job, SourceFile
+from mountproc._jobfile import load_job, read_job_file
 
 JOB_FILE = Path(__file__).resolve().parents[1] / "jobs" / "resize_images.py"
 RED, BLUE, WHITE = (220, 30, 30), (30, 30, 220), (255, 255, 255)

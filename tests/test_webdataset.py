@@ -19,7 +19,7 @@ from conftest import NON_UTF8, RESIZE_JOB, read_manifest, read_metadata, run_cli
 from PIL import Image
 
 from mountproc._demo_data import make_sample_tree
-from mountproc._shard.tar import member_key
+from mountproc._shard.sample import member_key
 
 webdataset = pytest.importorskip("webdataset")
 

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from mountproc._errors import DiskFullError, JobSetupError
-from mountproc._job import load_job, read_job_file
-from mountproc._mounts.preflight import check_source
+from mountproc._jobfile import load_job, read_job_file
+from mountproc._mounts.source import check_source
 from mountproc._outputs.metadata import write_results
 from mountproc._records import FileEntry, JobRef, ShardResult, ShardSpec, Status, WorkerCheck
 from mountproc._shard import worker as _worker
-from mountproc._shard.tar import member_key
+from mountproc._shard.sample import member_key
 from mountproc._shard.watchdog import ShardNotes
 from mountproc._shard.worker import MAX_ERROR_CHARS, run_shard
 

@@ -30,7 +30,7 @@ from mountproc import Context, Job, SourceFile
 
 # mountproc's member names (source path escaped into a WebDataset key), so that the samples
 # of this script and of mountproc can be compared name for name
-from mountproc._shard.tar import member_key
+from mountproc._shard.sample import member_key
 
 Member = tuple[str, bytes]
 _JOB: Job | None = None

@@ -319,3 +319,14 @@ def left_stuck() -> bool:
     """True once something was noted stuck: exit with ``os._exit`` then, since interpreter
     shutdown would wait for it forever."""
     return bool(_STUCK)
+
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+def within(fn: Callable[[], T], timeout: float, role: str, path: Path) -> T:
+    """Run a check that touches ``path`` with a time limit: a hung mount fails, never blocks."""
+    try:
+        return call_with_timeout(fn, timeout)
+    except TimeoutError:
+        raise not_alive(role, path, f"no answer within {timeout:g} s") from None

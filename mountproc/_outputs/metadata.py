@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mountproc._listing.sharding import PLAN_SCHEMA
+from mountproc._outputs.layout import results_path
 from mountproc._records import FileResult, ShardResult, Status
 
-METADATA_NAME = "valohai.metadata.jsonl"
 NOT_PROCESSED = "not processed: the run ended before this shard finished"
 
 RESULTS_SCHEMA = pa.schema(
@@ -74,16 +74,6 @@ class DatasetTarget:
         if self.aliases:
             out["targeting_aliases"] = list(self.aliases)
         return out
-
-
-def results_path(directory: Path, shard: int) -> Path:
-    """Where one shard's per-file results live (written by the runner, read by the manifest)."""
-    return directory / f"shard-{shard:06d}.parquet"
-
-
-def record_path(directory: Path, shard: int) -> Path:
-    """Where one shard's completion record lives."""
-    return directory / f"shard-{shard:06d}.json"
 
 
 def write_results(path: Path, results: Sequence[FileResult]) -> None:

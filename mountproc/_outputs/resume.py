@@ -20,22 +20,15 @@ from typing import Any
 
 from mountproc import __version__
 from mountproc._errors import OutputsNotEmptyError
-from mountproc._job import Job
 from mountproc._listing.sharding import Plan
 from mountproc._mounts.table import show
-from mountproc._outputs.metadata import (
-    METADATA_NAME,
-    ShardRecord,
-    read_records,
-    record_path,
-    write_json,
-)
+from mountproc._outputs.layout import STATE_NAME, RunPaths, record_path
+from mountproc._outputs.metadata import ShardRecord, read_records, write_json
 from mountproc._records import JobRef
 from mountproc._settings import ResolvedRun
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "run.json"
 HASH_CHUNK = 1 << 20
 
 
@@ -126,36 +119,6 @@ def remove_published(published: list[Path]) -> None:
     for path in published:
         path.chmod(0o644)
         path.unlink()
-
-
-class RunPaths:
-    """The run's working area in scratch, and the names it publishes in outputs."""
-
-    def __init__(self, run: ResolvedRun, job: Job) -> None:
-        self.outputs = run.outputs
-        self.root = run.scratch / job.name
-        self.shards = self.root / "shards"
-        self.results = self.root / "results"
-        self.listing = self.root / "listing.parquet"
-        self.plan = self.root / "plan.parquet"
-        self.manifest = f"{job.name}-manifest.parquet"
-        self.summary = f"{job.name}-summary.json"
-        self.index = f"{job.name}-wids-index.json"
-        self.tar_prefix = f"{job.name}-"
-
-    def tar_name(self, index: int) -> str:
-        return f"{self.tar_prefix}{index:06d}.tar"
-
-    def previous_outputs(self) -> list[Path]:
-        """Files in outputs that an earlier run of this job published."""
-        if not self.outputs.is_dir():
-            return []
-        names = {self.manifest, self.summary, self.index, METADATA_NAME}
-        return sorted(
-            p
-            for p in self.outputs.iterdir()
-            if p.name in names or (p.name.startswith(self.tar_prefix) and p.name.endswith(".tar"))
-        )
 
 
 @dataclass(frozen=True)

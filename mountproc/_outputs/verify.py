@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mountproc._errors import UsageError, VerificationFailed
-from mountproc._outputs.metadata import METADATA_NAME
+from mountproc._outputs.layout import METADATA_NAME
 
 CHUNK = 1 << 20
 SHOWN_HEX = 16  # of a sha256 in a message

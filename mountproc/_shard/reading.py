@@ -9,7 +9,6 @@ crosses the network once.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -55,14 +54,6 @@ def _stream_hash(f: Any) -> str:
     while chunk := f.read(CHUNK):
         sha.update(chunk)
     return sha.hexdigest()
-
-
-def sample_record(relpath: str, read: SourceRead) -> bytes:
-    """The ``<key>.json`` member of a sample: where it came from and what was read."""
-    record = {"path": relpath, "size": read.size, "mtime_ns": read.mtime_ns, "sha256": read.sha256}
-    # a path with undecodable bytes holds lone surrogates: JSON's \udcNN escapes keep them
-    text = json.dumps(record, sort_keys=True, ensure_ascii=False)
-    return text.encode("utf-8", "backslashreplace")
 
 
 class ReadAhead:

@@ -1,4 +1,4 @@
-"""Tar members named from source paths, reproducible uncompressed tars, and atomic publishing.
+"""Reproducible uncompressed tars, built beside their final name and renamed once complete.
 
 A member is ``<key>.<suffix>``: the key is the source path relative to the source root with
 ``%``, dots in the file name, control characters and undecodable bytes percent-escaped, so keys
@@ -7,11 +7,9 @@ are unique, never absolute, never ``..``, and WebDataset splits key and suffix c
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
 import os
-import shutil
 import tarfile
 import uuid
 from pathlib import Path
@@ -19,28 +17,6 @@ from types import TracebackType
 
 MEMBER_MTIME = 0  # fixed so the same inputs give the same bytes
 MEMBER_MODE = 0o444
-
-
-def member_key(relpath: str) -> str:
-    """The sample key of a source path (see the module docstring)."""
-    parts = relpath.split("/")
-    if not relpath or relpath.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"unsafe relative path {relpath!r}")
-    *dirs, name = parts
-    return "/".join([*(_escape(d, "") for d in dirs), _escape(name, ".")])
-
-
-def _escape(part: str, extra: str) -> str:
-    out = []
-    for ch in part:
-        code = ord(ch)
-        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, kept by surrogateescape
-            out.append(f"%{code - 0xDC00:02X}")
-        elif ch == "%" or ch in extra or code < 0x20 or code == 0x7F:
-            out.append(f"%{code:02X}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 class _HashingFile(io.RawIOBase):
@@ -114,56 +90,3 @@ class TarBuilder:
     ) -> None:
         if et is not None:
             self.abort()
-
-
-def publish(src: Path, dest: Path) -> None:
-    """Move a finished file into the outputs directory and make it read-only (Valohai uploads
-    read-only files at once). Never overwrites: on one disk a hard link claims the name
-    atomically; across disks the file is copied exclusively under its final name, then fsynced."""
-    try:
-        os.link(src, dest)
-    except FileExistsError:
-        raise FileExistsError(
-            errno.EEXIST, "refusing to overwrite a published file", str(dest)
-        ) from None
-    except OSError as exc:
-        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
-            raise
-        _copy_exclusive(src, dest)
-    src.unlink()
-    os.chmod(dest, MEMBER_MODE)
-    _fsync_dir(dest.parent)
-
-
-def _copy_exclusive(src: Path, dest: Path) -> None:
-    """Copy and fsync; never overwrite ``dest``, and never leave a partial copy behind (it would
-    block a retry and be uploaded as a corrupt file)."""
-    with src.open("rb") as fin, dest.open("xb") as fout:
-        try:
-            shutil.copyfileobj(fin, fout)
-            fout.flush()
-            os.fsync(fout.fileno())
-        except BaseException:
-            dest.unlink(missing_ok=True)
-            raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_chunk(path: str, offset: int, size: int) -> bytes:
-    """Up to ``size`` bytes of ``path`` from ``offset`` (b"" at the end): how a tar built on a
-    worker's own disk travels to the driver."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
-
-
-def remove_file(path: str) -> None:
-    """Delete ``path`` if it exists."""
-    Path(path).unlink(missing_ok=True)

@@ -29,9 +29,9 @@ from mountproc._errors import (
     MountprocError,
     SourceLostError,
 )
-from mountproc._job import Context, Job, Skip, SourceFile, load_job, normalize_outputs
+from mountproc._job import Context, Job, Skip, SourceFile
+from mountproc._jobfile import load_job
 from mountproc._listing.listing import display_path
-from mountproc._mounts.preflight import check_worker
 from mountproc._mounts.table import (
     DISK_FULL_ERRNOS,
     errno_text,
@@ -39,17 +39,16 @@ from mountproc._mounts.table import (
     probe_alive,
     sick_error,
 )
+from mountproc._mounts.workers import check_worker
 from mountproc._records import FileEntry, FileResult, ShardResult, ShardSpec, Status
-from mountproc._shard.reading import ReadAhead, SourceRead, read_source, sample_record
-from mountproc._shard.tar import TarBuilder, member_key
+from mountproc._shard import sample
+from mountproc._shard.reading import ReadAhead, SourceRead, read_source
+from mountproc._shard.tar import TarBuilder
 from mountproc._shard.watchdog import ShardNotes, watchdog
 
 log = logging.getLogger(__name__)
 
 MAX_ERROR_CHARS = 500
-RECORD_SUFFIX = "json"
-"""Each sample's record (source path, size, mtime, sha256), as ``<key>.json`` (as img2dataset
-writes its own): WebDataset readers get it as ``sample["json"]``."""
 READ_ATTEMPTS = 3
 """Attempts at a file whose mount answers with ENOTCONN, ESTALE, EIO...: reopening the path
 gets past a failover or a transient handle error."""
@@ -187,18 +186,17 @@ def _process(
         value = _with_retries(lambda: job.transform_fn(src, ctx))  # type: ignore[misc]
         if value is None:
             return FileResult(entry.path, Status.SKIPPED, "declined by the transform")
-        outputs = normalize_outputs(value)
+        outputs = sample.normalize_outputs(value)
     except Skip as exc:
         return FileResult(entry.path, Status.SKIPPED, _reason(exc) or "declined by the transform")
     except Exception as exc:
         return FileResult(entry.path, Status.FAILED, _failure(exc, spec, entry))
     _refuse_reserved(spec, outputs)
-    key = member_key(entry.path)
-    if outputs:  # no output, no sample: a record alone would be an empty sample
-        outputs = sorted([*outputs, (RECORD_SUFFIX, sample_record(entry.path, read))])
-    members = tuple(f"{key}.{suffix}" for suffix, _ in outputs)
-    for name, (_, data) in zip(members, outputs, strict=True):
+    record = sample.record(entry.path, read.size, read.mtime_ns, read.sha256)
+    named = sample.members(entry.path, outputs, record)
+    for name, data in named:
         tar.add(name, data)
+    members = tuple(name for name, _ in named)
     listed = (entry.size, entry.mtime_ns)
     changed = read.changed_while_read or (read.size, read.mtime_ns) != listed or _changed(src)
     return FileResult(entry.path, Status.OK, None, members, changed)
@@ -206,11 +204,11 @@ def _process(
 
 def _refuse_reserved(spec: ShardSpec, outputs: list[tuple[str, bytes]]) -> None:
     """An output named like the sample record is the job's mistake on every file: stop the run."""
-    if any(suffix == RECORD_SUFFIX for suffix, _ in outputs):
+    if sample.uses_reserved(outputs):
         raise JobFileError(
-            f"{spec.job.filename}: the transform returned an output named {RECORD_SUFFIX!r}, "
-            "which mountproc writes itself (each sample's source path, size, mtime and "
-            f"sha256): give it another name, e.g. 'meta.{RECORD_SUFFIX}'"
+            f"{spec.job.filename}: the transform returned an output named "
+            f"{sample.RECORD_SUFFIX!r}, which mountproc writes itself (each sample's source path, "
+            f"size, mtime and sha256): give it another name, e.g. 'meta.{sample.RECORD_SUFFIX}'"
         )
 
 

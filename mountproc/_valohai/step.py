@@ -18,21 +18,7 @@ from pydantic_core import PydanticUndefined
 from mountproc import __version__
 from mountproc._errors import SettingsError
 from mountproc._job import Job
-from mountproc._settings import RunSettings
-
-SETTINGS = {
-    "test_mode": "Process only a small subset (test_size files) to try the step before a full run.",
-    "test_size": "Number of source files processed when test_mode is on.",
-    "shard_max_files": "Maximum number of files per output tar shard.",
-    "shard_max_bytes": "Maximum source bytes per shard (bytes or a unit such as 500MB, 1GiB).",
-    "max_failures": "Failed files tolerated before the run fails: a count (e.g. 10) or a "
-    "fraction/percentage of all files (e.g. 0.01 or 1%).",
-    "dataset": "Valohai dataset version the output shards are added to.",
-    "file_timeout": "Seconds one file's transform may take before it fails (0: no limit).",
-    "mount_timeout": "Seconds a mount may take to answer before it counts as hung.",
-}
-"""The settings offered as parameters, in this order: the ones a Valohai user tunes per run
-(where outputs and scratch go is Valohai's business, not a parameter)."""
+from mountproc._settings import RunSettings, setting_extra
 
 DISTRIBUTED_ENV = {"name": "VH_DOCKER_NETWORK", "default": "host"}
 """Members of a distributed task reach the primary's scheduler on its private IP: host
@@ -105,12 +91,13 @@ def _step(job: Job, opts: StepOptions, name: str) -> dict[str, Any]:
 def _setting_parameters(job: Job) -> list[dict[str, Any]]:
     defaults = {**job.settings, **({"dataset": job.dataset} if job.dataset else {})}
     out = []
-    for name, description in SETTINGS.items():
-        field = RunSettings.model_fields[name]
+    for name, field in RunSettings.model_fields.items():
+        if not setting_extra(name).get("valohai"):  # where outputs go is Valohai's business
+            continue
         default = defaults.get(name, field.default)
         if default is None:  # dataset without one: the run registers no version
             default = ""
-        out.append(_parameter(name, field, default, description))
+        out.append(_parameter(name, field, default, field.description or name))
     return out
 
 

@@ -1,0 +1,86 @@
+"""The Python entry point: ``mountproc.run``, which the ``mountproc run`` command calls too."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mountproc._errors import ClusterError, FailureBudgetExceeded
+from mountproc._job import Job
+from mountproc._jobfile import job_ref
+from mountproc._settings import ResolvedRun, resolve
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from mountproc._runner import RunReport
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    job: Job | str | os.PathLike[str],
+    /,
+    *,
+    client: Client | None = None,
+    params: Mapping[str, Any] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    **settings: Any,
+) -> RunReport:
+    """Run ``job`` (a job file's path, or a ``Job``) end to end, as ``mountproc run`` does.
+
+    ``settings`` are the settings of ``mountproc run`` by field name (``source="./photos"``,
+    ``test_mode=True``, ``workers=4``); ``params`` the job's parameters. Both are layered as on
+    the command line: these, then ``MOUNTPROC_*`` and ``MOUNTPROC_PARAM_*`` from the
+    environment, Valohai's ``parameters.json``, the job's own defaults. ``client`` is an
+    existing ``distributed.Client`` (from any cluster manager: dask-jobqueue, dask-gateway,
+    dask-kubernetes, coiled); it is checked and used, and left open. ``progress`` is called
+    with the counts after every shard.
+
+    Returns the ``RunReport``. Raises ``FailureBudgetExceeded`` (with ``.report``) when more
+    files failed than ``max_failures`` allows, another ``MountprocError`` for a mistake or a
+    failed environment, ``KeyboardInterrupt`` when interrupted (what was complete is
+    published either way)."""
+    ref, loaded = job_ref(job if isinstance(job, Job) else Path(job))
+    resolved = resolve(loaded, settings, dict(params or {}), os.environ)
+    task = resolved.distributed
+    if task is not None and not task.is_primary:
+        return _serve_as_member(loaded, resolved)
+    from mountproc._runner import Run  # Dask is imported only for a run
+
+    report = Run(loaded, ref, resolved, client, progress).execute()
+    if not report.within_budget:
+        s = report.summary
+        raise FailureBudgetExceeded(
+            f"{s['files_failed']} of {s['files_selected']} files failed, more than "
+            f"--max-failures={resolved.settings.max_failures}: no dataset version was "
+            "registered; see the manifest for the reasons",
+            report,
+        )
+    return report
+
+
+def _serve_as_member(job: Job, resolved: ResolvedRun) -> RunReport:
+    """On a member of a Valohai distributed task other than the primary: check the source, then
+    be a worker of the primary's cluster until it closes. Nothing is written to outputs."""
+    from mountproc._cluster.client import PROFILER_ENV
+    from mountproc._cluster.placement import member_command
+    from mountproc._mounts.preflight import preflight_source
+    from mountproc._runner import RunReport
+
+    preflight_source(resolved, job.readonly)
+    cmd = member_command(resolved)
+    log.info("running %s", " ".join(cmd))
+    env = {PROFILER_ENV: "False", **os.environ}  # see mountproc._cluster.client.NO_PROFILER
+    code = subprocess.run(cmd, env=env, check=False).returncode
+    if code != 0:
+        raise ClusterError(f"this member's Dask worker exited with code {code}")
+    member = {
+        "job": job.name,
+        "member": resolved.distributed.member_id if resolved.distributed else None,
+    }
+    return RunReport({**member, "role": "member"}, True, resolved.outputs)

@@ -1,0 +1,112 @@
+"""The options shared by ``run``, ``check`` and ``plan``, made from the one declaration of every
+setting (``RunSettings``), and the job parameters given as ``--NAME=VALUE``."""
+
+from __future__ import annotations
+
+import os
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+from pydantic.fields import FieldInfo
+
+from mountproc._errors import SettingsError
+from mountproc._job import Job
+from mountproc._jobfile import job_ref
+from mountproc._records import JobRef
+from mountproc._settings import ResolvedRun, RunSettings, resolve, setting_extra
+
+EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True}
+"""Commands that take a job file also take its parameters as ``--NAME=VALUE``."""
+
+
+def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a command with an option per setting, then ``--param``."""
+    options = [_option(name, field) for name, field in RunSettings.model_fields.items()]
+    options.append(
+        click.option(
+            "--param",
+            "-p",
+            "param_pairs",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="A job parameter (repeatable); --NAME=VALUE works too.",
+        )
+    )
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _option(name: str, field: FieldInfo) -> Callable[[Any], Any]:
+    """A setting's option under its dashed name and Valohai's underscored ``--name=value``
+    form. Directories are plain strings here: click.Path stats its value, and a stat of a hung
+    mount blocks before any time limit of ours could apply."""
+    extra = setting_extra(name)
+    dashed = extra.get("flag") or name.replace("_", "-")
+    names = list(dict.fromkeys([dashed, dashed.replace("-", "_")]))
+    kind = _kind(field.annotation)
+    if kind is bool:
+        decls = [f"--{n}/--no-{n}" for n in names]
+        return click.option(*decls, name, default=None, help=field.description)
+    if kind is tuple:
+        return click.option(*(f"--{n}" for n in names), name, multiple=True, help=field.description)
+    return click.option(
+        *(f"--{n}" for n in names),
+        name,
+        default=None,
+        type=kind,
+        metavar=extra.get("metavar"),
+        help=field.description,
+    )
+
+
+def _kind(annotation: Any) -> Any:
+    """The click type of a setting: bool, tuple (repeatable), int, float, a choice, or text
+    (paths, byte sizes and budgets are parsed by the settings themselves)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) is not typing.Literal and len(args) == 1:
+        annotation = args[0]  # X | None
+    if typing.get_origin(annotation) is typing.Literal:
+        return click.Choice(list(typing.get_args(annotation)))
+    if typing.get_origin(annotation) is tuple:
+        return tuple
+    return annotation if annotation in (bool, int, float) else None
+
+
+def cli_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The settings given on the command line (the options left unset are absent)."""
+    return {k: v for k, v in values.items() if v not in (None, ()) and k != "param_pairs"}
+
+
+def job_params(job: Job, pairs: Sequence[str], extra: Sequence[str]) -> dict[str, Any]:
+    """Job parameters from ``--param NAME=VALUE`` and from ``--NAME[=VALUE]`` extras."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SettingsError(f"--param {pair!r}: expected NAME=VALUE")
+        params[name.strip()] = value
+    args = list(extra)
+    while args:
+        token = args.pop(0)
+        if not token.startswith("--"):
+            raise SettingsError(f"unexpected argument {token!r}")
+        name, sep, value = token[2:].partition("=")
+        name = name.replace("-", "_")
+        if name not in job.params.model_fields:
+            raise SettingsError(f"no such option: --{name} (see mountproc run --help)")
+        if not sep:
+            value = args.pop(0) if args and not args[0].startswith("--") else "true"
+        params[name] = value
+    return params
+
+
+def load(
+    job_file: str, ctx: click.Context, values: dict[str, Any]
+) -> tuple[JobRef, Job, ResolvedRun]:
+    """The job file, its job, and every setting and parameter resolved (``check``, ``plan``)."""
+    ref, job = job_ref(job_file)
+    params = job_params(job, values.get("param_pairs") or (), ctx.args)
+    return ref, job, resolve(job, cli_settings(values), params, os.environ)

@@ -1,0 +1,72 @@
+"""``mountproc yaml``: a Valohai step (and distributed task) for a job."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from mountproc._cli.guard import guarded
+from mountproc._cli.main import main
+from mountproc._jobfile import job_ref
+from mountproc._valohai.step import StepOptions, render, valohai_config
+
+log = logging.getLogger(__name__)
+
+
+@main.command("yaml")
+@click.argument("job_file", type=click.Path(dir_okay=False))
+@click.option("--step-name", help="Name of the step (default: the job's name).")
+@click.option("--image", default=StepOptions.image, show_default=True, help="Docker image.")
+@click.option(
+    "--install",
+    default=StepOptions.install,
+    show_default=True,
+    help="The step's first command: how mountproc gets installed.",
+)
+@click.option(
+    "--mount-source",
+    default=StepOptions.mount_source,
+    show_default=True,
+    help="The NFS export of the source: SERVER:/EXPORT (on-prem NFS), "
+    "fs-ID.efs.REGION.amazonaws.com:/ (AWS EFS) or IP:/SHARE (GCP Filestore).",
+)
+@click.option(
+    "--distributed",
+    type=click.IntRange(2),
+    help="Also a distributed step and a task that runs it on this many machines.",
+)
+def yaml_(
+    job_file: str,
+    step_name: str | None,
+    image: str,
+    install: str,
+    mount_source: str,
+    distributed: int | None,
+) -> None:
+    """Print a valohai.yaml step for JOB_FILE: its settings and typed job parameters become
+    Valohai parameters, the source an NFS mount, read-only.
+
+    \b
+    Examples:
+      mountproc yaml jobs/resize_images.py > valohai.yaml
+      mountproc yaml jobs/resize_images.py --mount-source 10.0.0.2:/share --distributed 4
+    """
+
+    def action() -> None:
+        _, job = job_ref(job_file)
+        # Valohai runs the command from the repository root: name the file relative to it
+        where = Path(job_file).absolute()
+        in_repo = where.is_relative_to(Path.cwd())
+        shown = where.relative_to(Path.cwd()).as_posix() if in_repo else job_file
+        if not in_repo:
+            log.warning(
+                "%s is outside this directory: the step names it as given, but Valohai runs "
+                "the step from the repository root; run mountproc yaml from there",
+                job_file,
+            )
+        opts = StepOptions(shown, step_name, image, install, mount_source, distributed or 0)
+        click.echo(render(valohai_config(job, opts)), nl=False)
+
+    guarded(action)

@@ -1,0 +1,83 @@
+"""Checks of every worker before work starts: the same package versions, and the same view of the
+source mount and scratch."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from distributed import Client
+
+from mountproc._errors import ClusterError, MountprocError
+from mountproc._mounts.workers import check_worker
+from mountproc._records import WorkerCheck
+
+log = logging.getLogger(__name__)
+
+MATCHING_PACKAGES = ("mountproc", "dask", "distributed", "cloudpickle", "msgpack")
+"""Packages whose versions must be the same on the driver and every worker: shards, results
+and the job travel between them pickled."""
+
+
+def check_versions(client: Client) -> None:
+    """Fail unless every worker has mountproc, and the same versions of it, of Python and of
+    the packages that carry pickled work between machines, as this process."""
+    versions: Any = client.get_versions(packages=["mountproc"])  # a dict: the client is sync
+    mine = versions["client"]["packages"]
+    for worker, info in sorted(versions["workers"].items()):
+        theirs = (info or {}).get("packages", {})
+        if not theirs.get("mountproc"):
+            raise ClusterError(
+                f"worker {worker} has no mountproc installed: install mountproc=="
+                f"{mine['mountproc']} on every worker (the job file itself travels with the run)"
+            )
+        for package in ("python", *MATCHING_PACKAGES):
+            ours, its = mine.get(package), theirs.get(package)
+            if package == "python":  # pickles are compatible across patch releases
+                ours, its = _minor(ours), _minor(its)
+            if ours != its:
+                raise ClusterError(
+                    f"worker {worker} runs {package} {its}, this machine {ours}: install the "
+                    "same versions on every machine of the cluster (e.g. the same image)"
+                )
+
+
+def _minor(version: str | None) -> str | None:
+    return ".".join(version.split(".")[:2]) if version else version
+
+
+def _check_named(check: WorkerCheck, dask_worker: Any = None) -> bool:
+    """Run on a worker by ``Client.run``, which passes the worker when asked for it."""
+    name = getattr(dask_worker, "address", None) or socket.gethostname()
+    return check_worker(check, name)
+
+
+def check_workers(client: Client, check: WorkerCheck) -> None:
+    """Fail unless every worker sees the source mount as this process does, and has a scratch
+    directory (workers that join later check themselves before their first shard)."""
+    outcomes = client.run(_check_named, check, on_error="return")
+    for worker in sorted(outcomes):
+        outcome = outcomes[worker]
+        if isinstance(outcome, MountprocError):
+            raise outcome
+        # the check cannot even be unpickled there: distributed wraps that error as text
+        if isinstance(outcome, BaseException) and "No module named 'mountproc'" in str(outcome):
+            raise ClusterError(
+                f"worker {worker} cannot import mountproc: install mountproc on every worker "
+                "(the same version as this machine; the job file itself travels with the run)"
+            )
+        if isinstance(outcome, BaseException):
+            raise ClusterError(
+                f"cannot check worker {worker}: {type(outcome).__name__}: {outcome}; "
+                "check that it runs the same mountproc version as this machine"
+            )
+    own = sorted(worker for worker, shared in outcomes.items() if shared is False)
+    log.info("%d worker(s) see the source as this machine does", len(outcomes))
+    if own:
+        log.info(
+            "%d worker(s) cannot see this machine's scratch (%s): their tars are copied over "
+            "the Dask connection",
+            len(own),
+            ", ".join(own),
+        )

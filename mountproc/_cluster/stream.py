@@ -1,0 +1,146 @@
+"""Work on the cluster: a bounded stream of tasks, the cluster as an Executor, and a watch for
+a cluster left without workers."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from typing import Any, Generic, TypeVar
+
+from distributed import Client, as_completed, get_worker
+
+from mountproc._errors import WorkersLostError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _located(fn: Callable[[T], R], item: T) -> tuple[str, R]:
+    """Run ``fn`` on a worker; return that worker's address with the result."""
+    return get_worker().address, fn(item)
+
+
+class TaskStream(Generic[T, R]):
+    """Runs ``fn`` on every item with at most ``window`` tasks in flight; iterating yields each
+    item with its result, or with the exception that ended it (a lost worker, an error in
+    ``fn``, a cancellation), and the address of the worker that ran it ("" if unknown)."""
+
+    def __init__(
+        self,
+        client: Client,
+        fn: Callable[[T], R],
+        items: Iterable[T],
+        key: Callable[[T], str],
+        window: int,
+        retries: int = 1,
+    ) -> None:
+        self._client, self._fn, self._key, self._retries = client, fn, key, retries
+        self._items = iter(items)
+        self._window = window
+        self._pending: dict[str, tuple[T, Any]] = {}
+        self._stream = as_completed()
+        self._lock = threading.Lock()
+        self._cancelled = False
+
+    def _submit_next(self) -> None:
+        with self._lock:
+            item = None if self._cancelled else next(self._items, None)
+            if item is None:
+                return
+            fut = self._client.submit(
+                _located, self._fn, item, key=self._key(item), pure=False, retries=self._retries
+            )
+            self._pending[str(fut.key)] = (item, fut)
+        self._stream.add(fut)
+
+    def __iter__(self) -> Iterator[tuple[T, R | BaseException, str]]:
+        for _ in range(self._window):
+            self._submit_next()
+        for fut in self._stream:
+            with self._lock:
+                item, _ = self._pending.pop(str(fut.key))
+            outcome: Any
+            worker = ""
+            try:
+                worker, outcome = fut.result()
+            except Exception as exc:  # the task's own error, a lost worker, a cancellation
+                outcome = exc
+            fut.release()
+            self._submit_next()
+            yield item, outcome, worker
+
+    def cancel(self) -> None:
+        """Submit nothing more and cancel the tasks in flight (callable from any thread)."""
+        with self._lock:
+            self._cancelled = True
+            futures = [fut for _, fut in self._pending.values()]
+        if futures:
+            self._client.cancel(futures)
+
+
+def executor(client: Client) -> Executor:
+    """The cluster as a ``concurrent.futures.Executor`` for work whose results are not cached:
+    each call reads a live file system, so no key needs hashing (``pure=False``)."""
+    pool: Executor = client.get_executor(pure=False)
+    return pool
+
+
+def worker_count(client: Client) -> int:
+    """How many workers the scheduler knows now."""
+    return len(client.scheduler_info(n_workers=-1).get("workers", {}))
+
+
+class WorkerWatch:
+    """Notices a cluster left without any worker (killed, evicted, scaled to zero): tasks would
+    wait for one forever. After ``grace_s`` without a worker it calls ``on_lost`` and
+    ``check()`` raises ``WorkersLostError``."""
+
+    POLL_S = 1.0
+
+    def __init__(self, client: Client, grace_s: float, on_lost: Callable[[], None]) -> None:
+        self._client, self._grace_s, self._on_lost = client, grace_s, on_lost
+        self._stop = threading.Event()
+        self._error: WorkersLostError | None = None
+        self._thread = threading.Thread(target=self._run, name="mountproc-workers", daemon=True)
+
+    def __enter__(self) -> WorkerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def check(self) -> None:
+        """Raise ``WorkersLostError`` once the cluster has been without workers too long."""
+        if self._error is not None:
+            raise self._error
+
+    def _address(self) -> str:
+        return str(getattr(self._client.scheduler, "address", None) or "the scheduler")
+
+    def _run(self) -> None:
+        since: float | None = None
+        while not self._stop.wait(self.POLL_S):
+            try:
+                alive = worker_count(self._client) > 0
+            except Exception:  # the scheduler itself is unreachable: distributed reports that
+                continue
+            now = time.monotonic()
+            since = None if alive else (since or now)
+            if since is not None and now - since >= self._grace_s:
+                self._error = WorkersLostError(
+                    f"every Dask worker left the cluster at {self._address()} and "
+                    f"none joined again within {self._grace_s:g} s (--worker-wait): start workers "
+                    "(e.g. mountproc worker ADDRESS), then run the same command again to resume"
+                )
+                self._on_lost()
+                return
+
+
+def thread_count(client: Client) -> int:
+    """How many tasks the cluster's workers run at once (their threads, summed)."""
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    return sum(int(w.get("nthreads", 1)) for w in workers.values())

@@ -1,0 +1,114 @@
+"""The on-disk layout of a run, owned here alone: its working area in scratch and the names it
+publishes in outputs.
+
+    <scratch>/<job>/                    RunPaths.root: the run's working area
+        run.json                        what decides the shards and their bytes (resume)
+        .mountproc-token                a worker that reads it shares this scratch
+        listing.parquet                 every listed entry, in listing order
+        plan.parquet                    the listing with a shard number per selected file
+        shards/                         tars being built (``<tar>.<pid>-<id>.partial``), copies of
+                                        tars from workers' own disks, per-shard worker notes and
+                                        ``tmp-NNNNNN/`` (a transform's ``ctx.tmp_dir``)
+        results/shard-NNNNNN.parquet    one shard's per-file results
+        results/shard-NNNNNN.json       its completion record, written once its tar is published
+        <job>-manifest.parquet ...      the run's files, built here, then published
+    <outputs>/
+        <job>-NNNNNN.tar                one tar per shard, read-only once published
+        <job>-manifest.parquet          one row per listed entry
+        <job>-summary.json              what the run did
+        <job>-wids-index.json           a wids shard index of the tars
+        valohai.metadata.jsonl          one line per published file
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+METADATA_NAME = "valohai.metadata.jsonl"
+STATE_NAME = "run.json"
+TOKEN_NAME = ".mountproc-token"
+
+
+def results_path(directory: Path, shard: int) -> Path:
+    """Where one shard's per-file results live (written as shards finish, read by the manifest)."""
+    return directory / f"shard-{shard:06d}.parquet"
+
+
+def record_path(directory: Path, shard: int) -> Path:
+    """Where one shard's completion record lives."""
+    return directory / f"shard-{shard:06d}.json"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The run's working area in scratch, and the names it publishes in outputs."""
+
+    outputs: Path
+    scratch: Path
+    job: str
+
+    @property
+    def root(self) -> Path:
+        """The run's working area."""
+        return self.scratch / self.job
+
+    @property
+    def shards(self) -> Path:
+        """Where tars are built and workers keep their notes."""
+        return self.root / "shards"
+
+    @property
+    def results(self) -> Path:
+        """Per-shard results and completion records."""
+        return self.root / "results"
+
+    @property
+    def listing(self) -> Path:
+        """The listing of the source."""
+        return self.root / "listing.parquet"
+
+    @property
+    def plan(self) -> Path:
+        """The listing with each selected file's shard."""
+        return self.root / "plan.parquet"
+
+    @property
+    def token(self) -> Path:
+        """The token file a worker reads to tell whether it shares this scratch."""
+        return self.root / TOKEN_NAME
+
+    @property
+    def manifest(self) -> str:
+        """The manifest's name in outputs."""
+        return f"{self.job}-manifest.parquet"
+
+    @property
+    def summary(self) -> str:
+        """The summary's name in outputs."""
+        return f"{self.job}-summary.json"
+
+    @property
+    def index(self) -> str:
+        """The wids index's name in outputs."""
+        return f"{self.job}-wids-index.json"
+
+    @property
+    def tar_prefix(self) -> str:
+        """What every tar name of this job starts with."""
+        return f"{self.job}-"
+
+    def tar_name(self, index: int) -> str:
+        """The name of shard ``index``'s tar."""
+        return f"{self.tar_prefix}{index:06d}.tar"
+
+    def previous_outputs(self) -> list[Path]:
+        """Files in outputs that an earlier run of this job published."""
+        if not self.outputs.is_dir():
+            return []
+        names = {self.manifest, self.summary, self.index, METADATA_NAME}
+        return sorted(
+            p
+            for p in self.outputs.iterdir()
+            if p.name in names or (p.name.startswith(self.tar_prefix) and p.name.endswith(".tar"))
+        )

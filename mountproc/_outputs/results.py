@@ -1,0 +1,87 @@
+"""What a run publishes: each finished shard's tar with its per-file results and completion
+record as it arrives, and at the end the manifest, the summary, the wids index and
+``valohai.metadata.jsonl``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mountproc._errors import MountprocError
+from mountproc._outputs import metadata
+from mountproc._outputs.layout import METADATA_NAME, RunPaths, record_path, results_path
+from mountproc._outputs.publish import publish
+from mountproc._outputs.summary import Tally
+from mountproc._records import FileResult, ShardResult, ShardSpec, Status
+from mountproc._settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+TEST_MODE_TAG = "mountproc-test-mode"
+
+
+def collect(
+    paths: RunPaths, spec: ShardSpec, outcome: ShardResult | BaseException, tally: Tally
+) -> None:
+    """Publish one shard's tar with its results and record (together, or not at all), or
+    record every file of a shard that failed as a whole."""
+    if isinstance(outcome, MountprocError):
+        raise outcome  # a broken setup, a worker's mount, a full disk: every shard would fail
+    if isinstance(outcome, BaseException):
+        reason = f"shard {spec.index} failed: {type(outcome).__name__}: {outcome}".strip()
+        log.error("%s", reason)
+        results = tuple(FileResult(e.path, Status.FAILED, reason[:500]) for e in spec.entries)
+        metadata.write_results(results_path(paths.results, spec.index), results)
+        tally.shards_failed += 1
+        tally.add(results)
+        return
+    publish(Path(outcome.tar_path), paths.outputs / spec.tar_name)
+    metadata.write_results(results_path(paths.results, spec.index), outcome.results)
+    record = metadata.shard_record(outcome)
+    metadata.write_record(record_path(paths.results, spec.index), record)
+    tally.records.append(record)
+    tally.shards_done += 1
+    tally.add(outcome.results)
+
+
+def dataset_target(settings: RunSettings) -> metadata.DatasetTarget | None:
+    """The dataset version the tars join: none in test mode or without ``--dataset``."""
+    s = settings
+    if s.test_mode or not s.dataset:
+        return None
+    return metadata.DatasetTarget(
+        s.dataset, s.dataset_start_fresh, s.dataset_from, s.dataset_aliases
+    )
+
+
+def finish(
+    paths: RunPaths,
+    records: Sequence[metadata.ShardRecord],
+    summary: dict[str, Any],
+    target: metadata.DatasetTarget | None,
+    test_mode: bool,
+) -> None:
+    """Publish the manifest, the summary, the wids index and the Valohai metadata (dataset
+    entries only for a ``target``)."""
+    records = sorted(records, key=lambda r: r.index)
+    manifest = paths.root / paths.manifest
+    metadata.write_manifest(paths.plan, paths.results, {r.index: r.tar for r in records}, manifest)
+    publish(manifest, paths.outputs / paths.manifest)
+    for name, data in (
+        (paths.summary, summary),
+        (paths.index, metadata.wids_index(paths.job, records)),
+    ):
+        metadata.write_json(paths.root / name, data)
+        publish(paths.root / name, paths.outputs / name)
+    lines = metadata.metadata_lines(
+        records,
+        [paths.manifest, paths.summary, paths.index],
+        target,
+        [TEST_MODE_TAG] if test_mode else [],
+        {"mountproc.job": paths.job, "source": summary["source"]},
+    )
+    meta = paths.root / METADATA_NAME
+    meta.write_text("".join(line + "\n" for line in lines))
+    publish(meta, paths.outputs / METADATA_NAME)

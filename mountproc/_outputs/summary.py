@@ -1,0 +1,73 @@
+"""A run's counts as it goes (``Tally``), the progress events made of them, and the summary
+that ``<job>-summary.json`` and the final table show."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mountproc._listing.sharding import Plan
+from mountproc._outputs.metadata import ShardRecord
+from mountproc._records import FileResult, Status
+
+
+@dataclass
+class Tally:
+    """Running counts of a run."""
+
+    shards_total: int = 0
+    files_total: int = 0
+    shards_done: int = 0
+    shards_failed: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    not_selected: int = 0  # entries the listing skipped (symlinks, patterns...): never shards
+    records: list[ShardRecord] = field(default_factory=list)
+
+    def reuse(self, finished: Iterable[ShardRecord]) -> None:
+        """Count the shards an earlier run of the same command finished."""
+        for record in finished:
+            self.records.append(record)
+            self.shards_done += 1
+            self.ok += record.files_ok
+            self.failed += record.files_failed
+            self.skipped += record.files_skipped
+
+    def add(self, results: tuple[FileResult, ...]) -> None:
+        """Count one shard's file results."""
+        for r in results:
+            if r.status is Status.OK:
+                self.ok += 1
+            elif r.status is Status.FAILED:
+                self.failed += 1
+            else:
+                self.skipped += 1
+
+    def progress(self) -> dict[str, Any]:
+        """The progress event of the counts so far."""
+        return {
+            "shards_done": self.shards_done + self.shards_failed,
+            "shards_total": self.shards_total,
+            "files_done": self.ok + self.failed + self.skipped - self.not_selected,
+            "files_ok": self.ok,
+            "files_failed": self.failed,
+            "files_skipped": self.skipped - self.not_selected,
+            "files_total": self.files_total,
+        }
+
+    def counts(self, plan: Plan, entries: int) -> dict[str, Any]:
+        """The summary's counts of files and shards."""
+        return {
+            "entries_listed": entries,
+            "files_selected": plan.files,
+            "bytes_selected": plan.bytes,
+            "files_ok": self.ok,
+            "files_failed": self.failed,
+            "files_skipped": self.skipped,
+            "files_not_processed": entries - self.ok - self.failed - self.skipped,
+            "shards": plan.shards,
+            "shards_published": self.shards_done,
+            "shards_failed": self.shards_failed,
+        }

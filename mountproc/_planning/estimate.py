@@ -1,0 +1,155 @@
+"""``mountproc plan``: crawl and shard the source as a run would, time the transform on a small
+sample of files, and estimate the run; nothing is written to scratch or outputs.
+
+The listing and the plans go to a temporary directory under the system's temp directory,
+removed at the end. The sample runs in a process of its own, one one-file shard at a time,
+exactly as a worker runs shards: the worker's watchdog kills its process when a file overruns
+``--file-timeout``, and a crash in native code or the OOM killer must not take this process
+(the command) with it. A killed timing process fails its file and is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mountproc._job import Job
+from mountproc._listing.sharding import Plan, ShardBounds, test_subset, write_plan
+from mountproc._listing.stage import list_and_shard, lister
+from mountproc._mounts.preflight import preflight_source
+from mountproc._outputs.layout import RunPaths
+from mountproc._planning.timing import time_files
+from mountproc._records import JobRef
+from mountproc._settings import ResolvedRun
+
+log = logging.getLogger(__name__)
+
+TIMED_FILES = 8
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """What ``mountproc plan`` found: the run's figures, the test-mode subset, the sample's
+    timing and the estimate derived from it."""
+
+    source: str
+    mount: str  # "<fstype> <export>, <kind>"
+    entries: int  # entries listed
+    files: int  # files selected
+    bytes: int  # bytes of the files selected
+    skipped: tuple[tuple[str, int], ...]  # (reason, entries), most common first
+    shards: int
+    largest_shard_files: int  # the most files in any shard
+    largest_shard_bytes: int  # the most bytes in any shard
+    test_size: int  # --test-size
+    test_files: int  # files --test-mode would process
+    test_shards: int
+    timed_files: int  # files timed
+    timed_failed: int
+    timed_error: str | None  # the first sampled file's failure reason
+    setup_s: float  # a fresh process: loading the job file and running its setup, once
+    per_file_s: float | None  # median over the sample; None when nothing was timed
+    workers: int  # of the run's cluster: --workers, the cores, or an existing cluster's
+    threads: int  # tasks at once: workers x --threads-per-worker, or an existing cluster's
+    estimate_s: float | None  # per_file_s * files / threads
+    listing_s: float  # listing and sharding
+
+
+def plan_job(job: Job, ref: JobRef, run: ResolvedRun, timed: int = TIMED_FILES) -> PlanReport:
+    """Check the source as ``run`` does, list and shard it, and time ``sample`` files spread over
+    the tree; scratch and outputs are neither created nor written."""
+    mount = preflight_source(run, job.readonly)
+    s = run.settings
+    with tempfile.TemporaryDirectory(prefix="mountproc-plan-") as tmp:
+        # the whole tree, sharded as a run without --test-mode shards it, in the temp directory
+        whole = replace(run, scratch=Path(tmp), settings=s.model_copy(update={"test_mode": False}))
+        paths = RunPaths(whole.outputs, whole.scratch, job.name)
+        paths.shards.mkdir(parents=True)
+        started = time.perf_counter()
+        where = partial(lister, whole, mount, None)
+        plan, entries = list_and_shard(job, whole, paths.listing, paths.plan, where)
+        listing_s = time.perf_counter() - started
+        largest = _largest_shard(paths.plan)
+        paths.plan.unlink()  # each plan is a copy of the listing: keep one at a time
+        test = _test_plan(paths, run)
+        timings = time_files(ref, run, paths, timed)
+        skipped = _skip_reasons(paths.listing)
+    workers, threads = _capacity(run)
+    per_file = statistics.median(timings.seconds) if timings.seconds else None
+    return PlanReport(
+        source=str(run.source),
+        mount=f"{mount.fstype} {mount.source}, {mount.kind}",
+        entries=entries,
+        files=plan.files,
+        bytes=plan.bytes,
+        skipped=skipped,
+        shards=plan.shards,
+        largest_shard_files=largest[0],
+        largest_shard_bytes=largest[1],
+        test_size=s.test_size,
+        test_files=test.files,
+        test_shards=test.shards,
+        timed_files=len(timings.seconds),
+        timed_failed=timings.failed,
+        timed_error=timings.first_error,
+        setup_s=timings.setup_s,
+        per_file_s=per_file,
+        workers=workers,
+        threads=threads,
+        estimate_s=None if per_file is None else per_file * plan.files / threads,
+        listing_s=listing_s,
+    )
+
+
+def _largest_shard(plan: Path) -> tuple[int, int]:
+    """The most files and the most bytes of any shard of a plan."""
+    totals: dict[int, tuple[int, int]] = {}
+    for batch in pq.ParquetFile(plan).iter_batches(columns=["shard", "size"]):
+        grouped = pa.Table.from_batches([batch]).group_by("shard")
+        for row in grouped.aggregate([("size", "count"), ("size", "sum")]).to_pylist():
+            if row["shard"] is None:  # a skipped entry
+                continue
+            files, size = totals.get(row["shard"], (0, 0))
+            totals[row["shard"]] = (files + row["size_count"], size + row["size_sum"])
+    files = max((f for f, _ in totals.values()), default=0)
+    return files, max((b for _, b in totals.values()), default=0)
+
+
+def _test_plan(paths: RunPaths, run: ResolvedRun) -> Plan:
+    """The totals of the plan ``--test-mode`` with the run's ``--test-size`` would make."""
+    s = run.settings
+    bounds = ShardBounds(s.shard_max_files, int(s.shard_max_bytes))
+    out = paths.root / "test-plan.parquet"
+    test = write_plan(paths.listing, out, bounds, test_subset(paths.listing, s.test_size))
+    out.unlink()
+    return test
+
+
+def _skip_reasons(listing: Path) -> tuple[tuple[str, int], ...]:
+    """How many listed entries were skipped for each reason, most common first."""
+    reasons = pq.read_table(listing, columns=["skip_reason"]).column("skip_reason")
+    counts = [(r["values"], r["counts"]) for r in reasons.value_counts().to_pylist()]
+    return tuple(sorted(((v, n) for v, n in counts if v is not None), key=lambda p: (-p[1], p[0])))
+
+
+def _capacity(run: ResolvedRun) -> tuple[int, int]:
+    """The workers and threads the run would have: an existing cluster's are counted."""
+    s = run.settings
+    if s.scheduler and run.distributed is None:
+        from mountproc._cluster.client import open_cluster  # Dask only for a cluster
+        from mountproc._cluster.placement import cluster_options
+        from mountproc._cluster.stream import thread_count, worker_count
+
+        with open_cluster(cluster_options(run)) as client:
+            return worker_count(client), thread_count(client)
+    workers = s.workers or os.cpu_count() or 1
+    return workers, workers * s.threads_per_worker
