@@ -42,7 +42,7 @@ from mountproc._listing.listing import ListingStats, Patterns, write_listing
 from mountproc._listing.stage import lister
 from mountproc._mounts.source import check_source
 from mountproc._mounts.sourcewatch import SourceWatch
-from mountproc._settings import resolve
+from mountproc._resolve import resolve
 
 LOCAL_RATIO = 1.25  # at least 0.8x of find's speed
 SSHFS_RATIO = 0.5  # at least 2x faster than find

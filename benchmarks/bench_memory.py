@@ -57,7 +57,7 @@ from mountproc._jobfile import load_job, read_job_file
 from mountproc._listing.stage import list_and_shard, lister
 from mountproc._mounts.preflight import preflight_source
 from mountproc._outputs.layout import RunPaths
-from mountproc._settings import resolve
+from mountproc._resolve import resolve
 job = load_job(read_job_file(sys.argv[1]))
 run = resolve(job, {"source": Path(sys.argv[2])}, {}, {})
 run = replace(run, scratch=Path(sys.argv[3]))

@@ -254,7 +254,7 @@ def sshfs_unavailable(cfg: Config) -> str | None:
 
 @contextlib.contextmanager
 def sshfs_mount(cfg: Config, export: Path, name: str) -> Iterator[Path]:
-    """``export`` mounted read-only by sshfs over an sshd on 127.0.0.1 (``tests/netfs.py``);
+    """``export`` mounted read-only by sshfs over an sshd on 127.0.0.1 (``tests/helpers/netfs.py``);
     yields the mount point, and unmounts and stops both daemons on exit."""
     netfs = _netfs()
     mountpoint = cfg.work / "mnt" / name
@@ -264,11 +264,11 @@ def sshfs_mount(cfg: Config, export: Path, name: str) -> Iterator[Path]:
 
 
 def _netfs() -> Any:
-    """The tests' sshfs helper module (``tests/netfs.py``)."""
+    """The tests' sshfs helper module (``tests/helpers/netfs.py``)."""
     tests = str(REPO / "tests")
     if tests not in sys.path:
         sys.path.insert(0, tests)
-    return importlib.import_module("netfs")
+    return importlib.import_module("helpers.netfs")
 
 
 def tar_members(tars: Iterable[Path]) -> dict[str, str]:

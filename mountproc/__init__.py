@@ -1,4 +1,8 @@
-"""mountproc: batch preprocessing of huge datasets on network file systems, on Dask, for Valohai."""
+"""mountproc: batch preprocessing of huge datasets on network file systems, on Dask, for Valohai.
+
+The public API: ``Job`` (with ``@job.transform``, ``@job.setup`` and ``job.apply``),
+``SourceFile``, ``Context``, ``Skip``, ``NoParams``, ``run`` and its ``RunReport``, and the
+errors (``MountprocError`` and its subclasses). Everything else is private."""
 
 from __future__ import annotations
 
@@ -20,8 +24,11 @@ from mountproc._errors import (
     WorkersLostError,
 )
 from mountproc._job import Context, Job, NoParams, Skip, SourceFile
+from mountproc._records import RunReport
 
 __version__ = "0.1.0"
+
+from mountproc._api import run
 
 __all__ = [
     "ClusterError",
@@ -36,6 +43,7 @@ __all__ = [
     "NoParams",
     "OutputsNotEmptyError",
     "RunAbortedError",
+    "RunReport",
     "SettingsError",
     "Skip",
     "SourceFile",
@@ -45,4 +53,5 @@ __all__ = [
     "WorkerMountError",
     "WorkersLostError",
     "__version__",
+    "run",
 ]

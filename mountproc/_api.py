@@ -12,12 +12,11 @@ from typing import TYPE_CHECKING, Any
 from mountproc._errors import ClusterError, FailureBudgetExceeded
 from mountproc._job import Job
 from mountproc._jobfile import job_ref
-from mountproc._settings import ResolvedRun, resolve
+from mountproc._records import RunReport
+from mountproc._resolve import ResolvedRun, resolve
 
 if TYPE_CHECKING:
-    from distributed import Client
-
-    from mountproc._runner import RunReport
+    from mountproc._cluster.client import Client
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +69,6 @@ def _serve_as_member(job: Job, resolved: ResolvedRun) -> RunReport:
     from mountproc._cluster.client import PROFILER_ENV
     from mountproc._cluster.placement import member_command
     from mountproc._mounts.preflight import preflight_source
-    from mountproc._runner import RunReport
 
     preflight_source(resolved, job.readonly)
     cmd = member_command(resolved)

@@ -1,4 +1,5 @@
-"""Deterministic trees of real, photo-like sample images for quick starts, tests and benchmarks."""
+"""Deterministic trees of real, photo-like demo images for quick starts, tests and benchmarks
+(``mountproc sample-data``)."""
 
 from __future__ import annotations
 
@@ -157,13 +158,13 @@ BAD_FILES: dict[str, Writer] = {
     "clinic-c/empty.png": _empty,
     "clinic-c/notes.jpg": _text_as_jpeg,
 }
-"""The unreadable files ``make_sample_tree(bad=True)`` adds, by relative path."""
+"""The unreadable files ``make_demo_tree(bad=True)`` adds, by relative path."""
 
 READABLE_ODDITIES: dict[str, Writer] = {"clinic-a/2024-01/really_a_png.jpg": _png_named_jpeg}
 """Files ``bad=True`` adds that look wrong but that Pillow reads (a PNG named ``.jpg``)."""
 
 
-def make_sample_tree(
+def make_demo_tree(
     root: Path, *, count: int = 48, seed: int = 0, size: Size = (640, 480), bad: bool = False
 ) -> list[Path]:
     """Write ``count`` readable images of many formats and modes under ``root`` (plus unreadable

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
+from typing import Any
 
 
 class Status(str, Enum):
@@ -132,3 +134,13 @@ class ShardResult:
     def member_count(self) -> int:
         """Tar members written for this shard."""
         return sum(len(r.members) for r in self.results)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a run did: ``summary`` (as in ``<job>-summary.json``: counts, timings, the mount
+    found, parameters), whether it held its failure budget, and where it published."""
+
+    summary: dict[str, Any]
+    within_budget: bool
+    outputs: Path

@@ -8,13 +8,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
-from distributed import Client
-
+from mountproc._cluster.client import Client
 from mountproc._cluster.connect import connect
 from mountproc._cluster.placement import crawl_on_cluster
 from mountproc._cluster.stream import TaskStream, WorkerWatch, executor, worker_count
@@ -30,22 +27,13 @@ from mountproc._outputs.publish import disk_full_is_an_error
 from mountproc._outputs.results import collect, dataset_target, finish
 from mountproc._outputs.resume import Begun, begin, remove_published, write_state
 from mountproc._outputs.summary import Tally
-from mountproc._records import JobRef, Limits, ShardSpec, WorkerCheck
-from mountproc._settings import ResolvedRun
+from mountproc._records import JobRef, Limits, RunReport, ShardSpec, WorkerCheck
+from mountproc._resolve import ResolvedRun
 from mountproc._shard.worker import run_shard
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class RunReport:
-    """What a run did: the summary (as in ``<job>-summary.json``) and where it published."""
-
-    summary: dict[str, Any]
-    within_budget: bool
-    outputs: Path
 
 
 class Run:

@@ -1,88 +1,20 @@
-"""Shared fixtures: real trees of real images, and the real ``mountproc`` CLI as a subprocess."""
+"""Fixtures the tests share (helpers they import live in ``helpers``)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import subprocess
-import sys
-import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
-
-from mountproc._demo_data import make_sample_tree
-
-REPO = Path(__file__).resolve().parent.parent
-RESIZE_JOB = REPO / "jobs" / "resize_images.py"
-NON_UTF8 = os.fsdecode(b"caf\xe9-scan.jpg")
-_LEAKY_ENV = ("MOUNTPROC_", "VH_", "DASK_", "TEST_MODE")
-
-
-def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The test process's environment without any mountproc, Valohai or Dask settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_ENV)}
-    env.update(extra or {})
-    return env
-
-
-def run_cli(
-    *args: str | Path, cwd: Path, env: Mapping[str, str] | None = None, timeout: float = 240
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m mountproc ARGS`` for real and capture its output."""
-    cmd = [sys.executable, "-m", "mountproc", *map(str, args)]
-    return subprocess.run(
-        cmd, cwd=cwd, env=clean_env(env), capture_output=True, text=True, timeout=timeout
-    )
-
-
-def make_hostile_tree(root: Path, outside: Path) -> dict[str, Any]:
-    """A real image tree with every kind of trouble the crawl and the transform must survive."""
-    make_sample_tree(root, count=24, bad=True)
-    good = next(root.rglob("*.jpg"))
-    shutil.copyfile(good, root / NON_UTF8)
-    os.mkfifo(root / "clinic-a" / "pipe.jpg")
-    outside.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(good, outside / "secret.jpg")
-    os.symlink(outside / "secret.jpg", root / "clinic-a" / "link-outside.jpg")
-    return {"fifo": "clinic-a/pipe.jpg", "symlink": "clinic-a/link-outside.jpg"}
-
-
-def read_manifest(outputs: Path, job: str = "resize-images") -> list[dict[str, Any]]:
-    """The manifest's rows as dicts."""
-    rows: list[dict[str, Any]] = pq.read_table(outputs / f"{job}-manifest.parquet").to_pylist()
-    return rows
-
-
-def read_metadata(outputs: Path) -> list[dict[str, Any]]:
-    """The lines of valohai.metadata.jsonl."""
-    text = (outputs / "valohai.metadata.jsonl").read_text()
-    return [json.loads(line) for line in text.splitlines()]
-
-
-def tar_digests(outputs: Path) -> dict[str, str]:
-    """The sha256 of every published tar, by tar name."""
-    return {
-        p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(outputs.glob("*.tar"))
-    }
-
-
-def tar_members(outputs: Path) -> dict[str, list[str]]:
-    """Member names of every published tar, by tar name."""
-    out = {}
-    for tar in sorted(outputs.glob("*.tar")):
-        with tarfile.open(tar) as tf:
-            out[tar.name] = tf.getnames()
-    return out
+from helpers import make_hostile_tree
 
 
 @pytest.fixture
-def hostile_tree(tmp_path: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+def hostile_tree(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
     """A source tree in ``tmp_path/src`` and facts about its odd entries."""
     src = tmp_path / "src"
     facts = make_hostile_tree(src, tmp_path / "outside")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, Field
 
-from mountproc import Job, JobFileError, NoParams, SettingsError, SourceFile
+from mountproc import Context, Job, JobFileError, NoParams, SettingsError, Skip, SourceFile
 from mountproc._errors import UsageError
 from mountproc._job import check_dataset_uri
 from mountproc._jobfile import load_job, read_job_file
@@ -363,3 +363,93 @@ def test_source_file_reads(tmp_path: Path) -> None:
     assert src.read_bytes() == b"abc"
     with src.open() as f:
         assert f.read(2) == b"ab"
+
+
+# --- Job.apply, one registration each, Context's state type ---------------------------------
+
+
+class Scale(BaseModel):
+    factor: int = Field(2, ge=1)
+
+
+def _counting_job() -> tuple[Job, list[int]]:
+    job = Job(name="apply", params=Scale)
+    setups: list[int] = []
+
+    @job.setup
+    def setup(params: Scale) -> dict[str, int]:
+        setups.append(params.factor)
+        return {"factor": params.factor}
+
+    @job.transform
+    def repeat(src: SourceFile, ctx: Context[Scale, dict[str, int]]) -> dict[str, object] | None:
+        data = src.read_bytes()
+        if data == b"decline":
+            return None
+        if data == b"skip":
+            raise Skip("not wanted")
+        if data == b"boom":
+            raise KeyError("label")
+        assert ctx.tmp_dir.is_dir()
+        return {"txt": data * ctx.state["factor"], "meta.json": {"name": src.relpath}}
+
+    return job, setups
+
+
+def test_apply_runs_setup_once_per_parameters_and_returns_member_bytes(tmp_path: Path) -> None:
+    job, setups = _counting_job()
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"ab")
+    assert job.apply(path) == {"meta.json": b'{"name": "a.txt"}', "txt": b"abab"}
+    assert job.apply(str(path)) == {"meta.json": b'{"name": "a.txt"}', "txt": b"abab"}
+    assert job.apply(path, factor=3)["txt"] == b"ababab"
+    assert setups == [2, 3]
+
+
+def test_apply_declines_skips_and_raises_as_the_transform_does(tmp_path: Path) -> None:
+    job, _ = _counting_job()
+    for content, raised, message in [
+        (b"decline", Skip, "declined by the transform"),
+        (b"skip", Skip, "not wanted"),
+        (b"boom", KeyError, "label"),
+    ]:
+        path = tmp_path / content.decode()
+        path.write_bytes(content)
+        with pytest.raises(raised, match=message):
+            job.apply(path)
+
+
+def test_apply_validates_parameters_and_the_reserved_suffix(tmp_path: Path) -> None:
+    job, _ = _counting_job()
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"x")
+    with pytest.raises(SettingsError, match="factor"):
+        job.apply(path, factor=0)
+    reserved = Job(name="reserved")
+    reserved.transform(lambda src, ctx: {"json": {}})
+    with pytest.raises(JobFileError, match="'json', which mountproc writes itself"):
+        reserved.apply(path)
+
+
+@pytest.mark.parametrize("what", ["transform", "setup"])
+def test_a_second_registration_is_an_error(what: str) -> None:
+    job = Job(name="twice")
+
+    def first(*args: object) -> None:
+        return None
+
+    def second(*args: object) -> None:
+        return None
+
+    register = getattr(job, what)
+    register(first)
+    with pytest.raises(JobFileError, match=rf"already has a {what}, .*first\(\).*second\(\)"):
+        register(second)
+    assert getattr(job, f"{what}_fn") is first
+
+
+def test_a_job_file_with_two_transforms_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "twice.py"
+    path.write_text(GOOD_JOB + "\n\n@job.transform\ndef again(src, ctx):\n    return {}\n")
+    with pytest.raises(JobFileError, match=r"line \d+: .*already has a transform, transform\(\)"):
+        load_job(read_job_file(path))

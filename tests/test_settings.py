@@ -13,13 +13,8 @@ from pydantic import BaseModel, ConfigDict
 
 from mountproc._errors import SettingsError
 from mountproc._job import Job
-from mountproc._settings import (
-    FailureBudget,
-    ResolvedRun,
-    RunSettings,
-    flag_name,
-    resolve,
-)
+from mountproc._resolve import ResolvedRun, flag_name, resolve
+from mountproc._settings import FailureBudget, RunSettings
 
 ENV_PREFIXES = ("MOUNTPROC_", "VH_", "DASK_")
 BARE_NAMES = {name.upper() for name in RunSettings.model_fields} | {"TEST_MODE"}
@@ -484,7 +479,7 @@ def test_valohai_parameters_are_split(env: Env) -> None:
 
 def test_unknown_valohai_parameter_warns(env: Env, caplog: pytest.LogCaptureFixture) -> None:
     env.valohai_parameters({"size": 64, "colour": "red"})
-    with caplog.at_level(logging.WARNING, logger="mountproc._settings"):
+    with caplog.at_level(logging.WARNING, logger="mountproc._resolve"):
         resolved = run(env)
     assert resolved.params == Params(size=64)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import read_manifest, read_metadata, run_cli
+from helpers import read_manifest, read_metadata, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 

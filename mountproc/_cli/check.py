@@ -14,7 +14,7 @@ from mountproc._cli.options import EXTRA, load, run_options
 from mountproc._mounts.dirs import human_bytes
 from mountproc._mounts.preflight import Preflight, preflight
 from mountproc._outputs.layout import RunPaths
-from mountproc._settings import ResolvedRun
+from mountproc._resolve import ResolvedRun
 
 
 @main.command(context_settings=EXTRA)

@@ -4,6 +4,7 @@ modules beside this one."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -30,4 +31,7 @@ def main(verbose: int, quiet: bool) -> None:
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
     if verbose < 2:
+        # distributed sets its loggers' levels from Dask's config when it is first imported,
+        # which is after this (only a command that needs a cluster imports it)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
         logging.getLogger("distributed").setLevel(logging.WARNING)

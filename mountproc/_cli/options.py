@@ -15,7 +15,8 @@ from mountproc._errors import SettingsError
 from mountproc._job import Job
 from mountproc._jobfile import job_ref
 from mountproc._records import JobRef
-from mountproc._settings import ResolvedRun, RunSettings, resolve, setting_extra
+from mountproc._resolve import ResolvedRun, resolve
+from mountproc._settings import RunSettings, setting_extra
 
 EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True}
 """Commands that take a job file also take its parameters as ``--NAME=VALUE``."""

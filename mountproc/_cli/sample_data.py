@@ -22,10 +22,10 @@ def sample_data(directory: Path, count: int, bad: bool) -> None:
       mountproc sample-data ./sample-photos
       mountproc run jobs/resize_images.py --source ./sample-photos
     """
-    from mountproc._demo_data import make_sample_tree  # Pillow only when needed
+    from mountproc._demo_data import make_demo_tree  # Pillow only when needed
 
     guarded(
         lambda: click.echo(
-            f"wrote {len(make_sample_tree(directory, count=count, bad=bad))} files to {directory}"
+            f"wrote {len(make_demo_tree(directory, count=count, bad=bad))} files to {directory}"
         )
     )

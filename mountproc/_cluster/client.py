@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import dask
-from distributed import Client as Client  # re-exported for type hints in the runner
+from distributed import Client as Client  # the runner and the API name the type from here
 from distributed import LocalCluster
 from distributed.security import Security
 
@@ -73,8 +73,35 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
             yield client
         return
     # for the cluster's whole life: a nanny restarting a worker reads this process's config
-    with dask.config.set(NO_PROFILER), _local_cluster(opts) as client:
+    with dask.config.set(NO_PROFILER), _quiet(), _local_cluster(opts) as client:
         yield client
+
+
+QUIET_LOGGERS = (
+    "distributed",
+    "distributed.client",
+    "distributed.gc",
+    "tornado",
+    "tornado.application",
+)
+"""The loggers an embedded cluster's own chatter goes to (mountproc reports task failures, lost
+workers and stuck processes itself)."""
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the embedded cluster in this process, as ``silence_logs`` does in its workers.
+    ``silence_logs`` alone quiets only a handler distributed adds to its own loggers, which it
+    does not add when the application configured logging first."""
+    loggers = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 @contextmanager

@@ -17,7 +17,7 @@ from mountproc._cluster.placement import cluster_options
 from mountproc._cluster.stream import worker_count
 from mountproc._mounts.source import MountReport
 from mountproc._records import WorkerCheck
-from mountproc._settings import ResolvedRun
+from mountproc._resolve import ResolvedRun
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from mountproc._cluster.client import ClusterOptions, TlsFiles, worker_command
 from mountproc._cluster.members import member_worker_name
-from mountproc._settings import ResolvedRun
+from mountproc._resolve import ResolvedRun
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from mountproc._listing.testmode import write_test_listing
 from mountproc._mounts.source import MountReport
 from mountproc._mounts.sourcewatch import SourceWatch
 from mountproc._mounts.table import note_stuck, show
-from mountproc._settings import ResolvedRun
+from mountproc._resolve import ResolvedRun
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from mountproc._errors import MountError
 from mountproc._mounts.dirs import DirReport, check_output_dir
 from mountproc._mounts.source import MountReport, check_source
 from mountproc._mounts.table import show
-from mountproc._settings import ResolvedRun
+from mountproc._resolve import ResolvedRun
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from mountproc._mounts.table import show
 from mountproc._outputs.layout import STATE_NAME, RunPaths, record_path
 from mountproc._outputs.metadata import ShardRecord, read_records, write_json
 from mountproc._records import JobRef
-from mountproc._settings import ResolvedRun
+from mountproc._resolve import ResolvedRun
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
-"""``mountproc plan``: crawl and shard the source as a run would, time the transform on a small
-sample of files, and estimate the run; nothing is written to scratch or outputs.
+"""``mountproc plan``: crawl and shard the source as a run would, time the transform on a few
+files spread over the tree, and estimate the run; nothing is written to scratch or outputs.
 
 The listing and the plans go to a temporary directory under the system's temp directory,
-removed at the end. The sample runs in a process of its own, one one-file shard at a time,
+removed at the end. The timed files run in a process of their own, one one-file shard at a time,
 exactly as a worker runs shards: the worker's watchdog kills its process when a file overruns
 ``--file-timeout``, and a crash in native code or the OOM killer must not take this process
 (the command) with it. A killed timing process fails its file and is replaced.
@@ -29,7 +29,7 @@ from mountproc._mounts.preflight import preflight_source
 from mountproc._outputs.layout import RunPaths
 from mountproc._planning.timing import time_files
 from mountproc._records import JobRef
-from mountproc._settings import ResolvedRun
+from mountproc._resolve import ResolvedRun
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class PlanReport:
     test_shards: int
     timed_files: int  # files timed
     timed_failed: int
-    timed_error: str | None  # the first sampled file's failure reason
+    timed_error: str | None  # the first timed file's failure reason
     setup_s: float  # a fresh process: loading the job file and running its setup, once
     per_file_s: float | None  # median over the sample; None when nothing was timed
     workers: int  # of the run's cluster: --workers, the cores, or an existing cluster's
@@ -65,7 +65,7 @@ class PlanReport:
 
 
 def plan_job(job: Job, ref: JobRef, run: ResolvedRun, timed: int = TIMED_FILES) -> PlanReport:
-    """Check the source as ``run`` does, list and shard it, and time ``sample`` files spread over
+    """Check the source as ``run`` does, list and shard it, and time ``timed`` files spread over
     the tree; scratch and outputs are neither created nor written."""
     mount = preflight_source(run, job.readonly)
     s = run.settings

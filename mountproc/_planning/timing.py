@@ -18,7 +18,7 @@ from mountproc._listing.sharding import ShardBounds, iter_shards, test_subset, w
 from mountproc._mounts.sourcewatch import SourceWatch
 from mountproc._outputs.layout import RunPaths
 from mountproc._records import FileEntry, JobRef, Limits, ShardResult, ShardSpec, Status
-from mountproc._settings import ResolvedRun
+from mountproc._resolve import ResolvedRun
 from mountproc._shard.worker import run_shard
 
 log = logging.getLogger(__name__)
@@ -28,24 +28,24 @@ POLL_S = 0.2
 
 
 ONE_FILE = ShardBounds(1, 1 << 62)
-"""Bounds that put every sampled file into a shard of its own, so each is timed alone."""
+"""Bounds that put every timed file into a shard of its own, so each is timed alone."""
 
 
 @dataclass(frozen=True)
 class Timings:
     """What the timing process measured."""
 
-    seconds: tuple[float, ...]  # one per file, in sample order
+    seconds: tuple[float, ...]  # one per file, in the order timed
     failed: int
     first_error: str | None
     setup_s: float
 
 
-def time_files(ref: JobRef, run: ResolvedRun, paths: RunPaths, sample: int) -> Timings:
-    """Run up to ``sample`` files, taken round-robin over the tree's directories as test mode
+def time_files(ref: JobRef, run: ResolvedRun, paths: RunPaths, count: int) -> Timings:
+    """Run up to ``count`` files, taken round-robin over the tree's directories as test mode
     takes them, each as a shard of its own, timed in the timing process."""
     picked = paths.root / "timed-plan.parquet"
-    write_plan(paths.listing, picked, ONE_FILE, test_subset(paths.listing, sample))
+    write_plan(paths.listing, picked, ONE_FILE, test_subset(paths.listing, count))
     entries = [entries for _, entries in iter_shards(picked)]
     picked.unlink()
     s = run.settings

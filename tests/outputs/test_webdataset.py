@@ -1,0 +1,146 @@
+"""The outputs read back by the real ``webdataset`` and ``wids`` packages, as training code does."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+import types
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import NON_UTF8, RESIZE_JOB, read_manifest, read_metadata, run_cli
+from PIL import Image
+
+from mountproc._demo_data import make_demo_tree
+from mountproc._shard.sample import member_key
+
+webdataset = pytest.importorskip("webdataset")
+
+# webdataset 1.0.2 never closes the tar streams it opens (tariterators leaves them to the garbage
+# collector): collect them inside each test, where their ResourceWarning is ignored
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@pytest.fixture(autouse=True)
+def _collect_leaked_streams() -> Iterator[None]:
+    yield
+    gc.collect()
+
+
+# dots in directory names and file stems, a stem that is only dots' neighbours, a non-UTF-8 name
+ODD_NAMES = ("v1.2/scan.final.v3.jpg", "a.b.c/d.e/IMG.1.JPG", "x/.hidden.jpg", "x/..jpg")
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real run over photos with awkward names, in shards of 5 files."""
+    root = tmp_path_factory.mktemp("wds")
+    src = root / "src"
+    good = make_demo_tree(src, count=24)
+    for name in [*ODD_NAMES, NON_UTF8]:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(good[0], src / name)
+    out = root / "out"
+    args = ("--source", src, "--outputs", out, "--shard-max-files", "5", "--max-failures", "50%")
+    proc = run_cli("run", RESIZE_JOB, *args, cwd=root)
+    assert proc.returncode == 0, proc.stderr
+    rows = [r for r in read_manifest(out) if r["status"] == "ok"]
+    assert len(rows) >= 24
+    return {"src": src, "out": out, "rows": rows, "root": root}
+
+
+def expected_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """The sample keys in manifest (listing) order."""
+    return [member_key(os.fsdecode(r["path_raw"])) for r in rows]
+
+
+def fields(sample: dict[str, Any]) -> set[str]:
+    """A sample's members, without webdataset's ``__key__``, ``__url__``... entries."""
+    return {k for k in sample if not k.startswith("__")}
+
+
+def tar_urls(out: Path) -> list[str]:
+    return [str(out / line["file"]) for line in read_metadata(out) if line["file"].endswith(".tar")]
+
+
+def test_webdataset_reads_every_sample_with_its_key_and_record(published: dict[str, Any]) -> None:
+    out, src, rows = published["out"], published["src"], published["rows"]
+    dataset = webdataset.WebDataset(tar_urls(out), shardshuffle=False, empty_check=True)
+    samples = list(dataset.decode("pil"))
+    assert [s["__key__"] for s in samples] == expected_keys(rows)
+    for sample, row in zip(samples, rows, strict=True):
+        relpath = os.fsdecode(row["path_raw"])
+        assert fields(sample) == {"jpg", "json"}, relpath
+        assert isinstance(sample["jpg"], Image.Image)
+        assert max(sample["jpg"].size) <= 224
+        data = (src / relpath).read_bytes()
+        stat = (src / relpath).stat()
+        assert sample["json"] == {
+            "path": relpath,
+            "size": len(data),
+            "mtime_ns": stat.st_mtime_ns,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        assert Path(sample["__url__"]).name == row["tar"]
+
+
+def test_odd_names_keep_their_whole_path_as_the_key(published: dict[str, Any]) -> None:
+    dataset = webdataset.WebDataset(tar_urls(published["out"]), shardshuffle=False)
+    by_path = {s["json"]["path"]: s for s in dataset.decode()}
+    for name in [*ODD_NAMES, NON_UTF8]:
+        sample = by_path[name]
+        assert sample["__key__"] == member_key(name)
+        assert fields(sample) == {"jpg", "json"}
+    keys = [s["__key__"] for s in by_path.values()]
+    assert len(keys) == len(set(keys)) == len(published["rows"])
+
+
+def test_the_index_lists_every_tar_with_its_sample_count(published: dict[str, Any]) -> None:
+    out = published["out"]
+    index = json.loads((out / "resize-images-wids-index.json").read_text())
+    assert index["wids_version"] == 1
+    tars = {line["file"]: line["metadata"] for line in read_metadata(out)}
+    listed = [s["url"] for s in index["shardlist"]]
+    assert listed == sorted(t for t in tars if t.endswith(".tar"))
+    for shard in index["shardlist"]:
+        assert (out / shard["url"]).stat().st_size == shard["filesize"]
+        assert shard["sha256"] == tars[shard["url"]]["sha256"]
+        counted = webdataset.WebDataset(str(out / shard["url"]), shardshuffle=False)
+        assert shard["nsamples"] == sum(1 for _ in counted)
+    assert "resize-images-wids-index.json" in tars  # published with the tars, in the dataset
+
+
+@pytest.fixture
+def wids_module() -> Iterator[types.ModuleType]:
+    """wids 0.1.11 imports ``torch.distributed`` for its distributed sampler alone; .ci/run
+    installs the CPU build of torch so that this test runs there."""
+    pytest.importorskip("torch", reason="wids imports torch (.ci/run installs torch==2.13.0)")
+    wids = pytest.importorskip("wids")
+    yield wids
+    sys.modules.pop("wids", None)
+
+
+def test_wids_reads_samples_by_number_through_the_index(
+    published: dict[str, Any], wids_module: types.ModuleType
+) -> None:
+    out, rows = published["out"], published["rows"]
+    cache = published["root"] / "wids-cache"
+    dataset = wids_module.ShardListDataset(
+        str(out / "resize-images-wids-index.json"), cache_dir=str(cache), transformations=[]
+    )
+    assert len(dataset) == len(rows)
+    keys = expected_keys(rows)
+    for i in (0, len(rows) // 2, len(rows) - 1):
+        sample = dataset[i]
+        assert sample["__key__"] == keys[i]
+        record = json.loads(sample[".json"].read())
+        assert record["path"] == os.fsdecode(rows[i]["path_raw"])
+        with Image.open(io.BytesIO(sample[".jpg"].read())) as image:
+            assert max(image.size) <= 224

@@ -1,0 +1,163 @@
+"""Tests of ``_shard.tar``: reproducible tars, built beside their final name."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from mountproc._shard.sample import member_key
+from mountproc._shard.tar import TarBuilder
+
+# The split WebDataset's ``base_plus_ext`` uses to cut a member name into key and suffix.
+MEMBERS = [
+    ("a%2Eb.json", b'{"x": 1}'),
+    ("a%2Eb.txt", b"hello"),
+    ("dir/ファイル.jpg", b"\xff\xd8" + bytes(range(256)) * 10),
+    ("d" * 150 + "/long.txt", b""),
+]
+
+
+def build(path: Path, members: list[tuple[str, bytes]]) -> tuple[str, int]:
+    with TarBuilder(path) as tar:
+        for name, data in members:
+            tar.add(name, data)
+        return tar.close()
+
+
+def test_tar_is_byte_identical_when_built_twice(tmp_path: Path) -> None:
+    one, two = tmp_path / "one.tar", tmp_path / "two.tar"
+    sha1, size1 = build(one, MEMBERS)
+    sha2, size2 = build(two, MEMBERS)
+    assert one.read_bytes() == two.read_bytes()
+    assert (sha1, size1) == (sha2, size2)
+    other = tmp_path / "other.tar"
+    build(other, [*MEMBERS[:1], ("a%2Eb.txt", b"hellO"), *MEMBERS[2:]])
+    assert other.read_bytes() != one.read_bytes()
+
+
+def test_tar_members_have_fixed_metadata(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    build(path, MEMBERS)
+    with tarfile.open(path) as tf:
+        infos = tf.getmembers()
+        assert [i.name for i in infos] == [name for name, _ in MEMBERS]
+        for info, (_, data) in zip(infos, MEMBERS, strict=True):
+            assert info.isfile()
+            assert info.mtime == 0
+            assert (info.uid, info.gid) == (0, 0)
+            assert (info.uname, info.gname) == ("", "")
+            assert info.mode == 0o444
+            assert info.size == len(data)
+            extracted = tf.extractfile(info)
+            assert extracted is not None
+            assert extracted.read() == data
+
+
+def test_tar_hash_and_size_match_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    sha, size = build(path, MEMBERS)
+    content = path.read_bytes()
+    assert sha == hashlib.sha256(content).hexdigest()
+    assert size == len(content) == path.stat().st_size
+    assert size % 512 == 0
+
+
+def test_empty_tar_is_valid(tmp_path: Path) -> None:
+    path = tmp_path / "empty.tar"
+    sha, size = build(path, [])
+    assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert size == path.stat().st_size > 0
+    with tarfile.open(path) as tf:
+        assert tf.getmembers() == []
+
+
+def test_tar_partial_until_closed(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    tar = TarBuilder(path)
+    tar.add("a.txt", b"a")
+    assert tar.partial.parent == tmp_path
+    assert tar.partial.name.startswith("x.tar.")
+    assert tar.partial.name.endswith(".partial")
+    assert tar.partial.exists()
+    assert not path.exists()
+    tar.close()
+    assert path.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.tar"]
+
+
+def test_tar_abort_removes_partial(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    tar = TarBuilder(path)
+    tar.add("a.txt", b"a")
+    tar.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tar_exception_inside_with_leaves_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+
+    def build_and_fail() -> None:
+        with TarBuilder(path) as tar:
+            tar.add("a.txt", b"a")
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        build_and_fail()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tar_non_ascii_names_round_trip(tmp_path: Path) -> None:
+    sources = [os.fsdecode(b"caf\xe9/na\xefve.bin"), "日本語/ファイル.png", "emoji 🎉"]
+    names = [member_key(s) + ".bin" for s in sources]
+    path = tmp_path / "x.tar"
+    build(path, [(n, n.encode()) for n in names])
+    with tarfile.open(path) as tf:
+        assert tf.getnames() == names
+        for n in names:
+            f = tf.extractfile(n)
+            assert f is not None
+            assert f.read() == n.encode()
+
+
+# --- publish ---------------------------------------------------------------------------------
+
+
+def _reference_tar(members: list[tuple[str, bytes]]) -> bytes:
+    """The same members written by ``tarfile.addfile`` itself."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o444
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_the_tar_is_byte_identical_to_tarfiles_own(tmp_path: Path) -> None:
+    """Headers by tarfile, data and padding written directly: the same bytes as addfile for
+    empty, block-sized, odd-sized and 3 MB members, long (PAX) and non-ASCII names."""
+    members = [
+        ("a/empty.txt", b""),
+        ("a/block.bin", b"x" * 512),
+        ("a/odd.bin", bytes(range(256)) * 3 + b"!"),
+        ("d" * 120 + "/long%2Ename.jpg", b"long name"),
+        ("caf\u00e9/%E9t%C3%A9.json", '{"é": 1}'.encode()),
+        ("big.bin", os.urandom(3 * 1024 * 1024 + 7)),
+    ]
+    with TarBuilder(tmp_path / "t.tar") as tar:
+        for name, data in members:
+            tar.add(name, data)
+        sha, size = tar.close()
+    written = (tmp_path / "t.tar").read_bytes()
+    assert written == _reference_tar(members)
+    assert (sha, size) == (hashlib.sha256(written).hexdigest(), len(written))
+    with tarfile.open(tmp_path / "t.tar") as tf:
+        got = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()]  # type: ignore[union-attr]
+    assert got == members
