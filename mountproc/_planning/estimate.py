@@ -57,7 +57,7 @@ class PlanReport:
     timed_failed: int
     timed_error: str | None  # the first timed file's failure reason
     setup_s: float  # a fresh process: loading the job file and running its setup, once
-    per_file_s: float | None  # median over the sample; None when nothing was timed
+    per_file_s: float | None  # median over the timed files; None when none was
     workers: int  # of the run's cluster: --workers, the cores, or an existing cluster's
     threads: int  # tasks at once: workers x --threads-per-worker, or an existing cluster's
     estimate_s: float | None  # per_file_s * files / threads
