@@ -104,7 +104,9 @@ def _generate(root: Path, spec: TreeSpec, processes: int) -> None:
         for s in slices:
             _write_slice(str(root), s)
         return
-    ctx = multiprocessing.get_context("fork")
+    # spawned, not forked: the benchmark process has run threads (listing pools, sshfs helpers)
+    # by now, and a child forked while one of them held a lock can wait on it forever
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(processes) as pool:
         jobs = [(str(root), s) for s in slices]
         for _ in pool.starmap(_write_slice, jobs, chunksize=4):

@@ -12,24 +12,12 @@ import pytest
 from distributed import Client, LocalCluster
 from helpers import tar_digests
 from helpers.pinned import JOB, PINNED, make_tree
+from helpers.pinned_job import job as in_python  # a Job made in Python: pickled by value
 
 import mountproc
-from mountproc import Context, FailureBudgetExceeded, Job, RunReport, SettingsError, SourceFile
+from mountproc import FailureBudgetExceeded, RunReport, SettingsError
 
 SETTINGS = {"shard_max_files": 3, "max_failures": 1}
-
-# a Job made in Python, not in a job file: it travels to the workers pickled by value
-in_python = Job(name="pinned", include=["*.txt", "*.bin"])
-
-
-@in_python.transform
-def upper(src: SourceFile, ctx: Context[Any]) -> dict[str, object] | None:
-    data = src.read_bytes()
-    if data.startswith(b"bad"):
-        raise ValueError("bad file")
-    if data.startswith(b"skip"):
-        return None
-    return {"txt": data.upper(), "meta.json": {"n": len(data), "shard": ctx.shard}}
 
 
 @pytest.fixture

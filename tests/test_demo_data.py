@@ -33,9 +33,7 @@ def test_same_seed_gives_identical_bytes(tmp_path: Path) -> None:
 
 def test_other_seed_gives_other_images(tmp_path: Path) -> None:
     first = contents(tmp_path / "a", make_demo_tree(tmp_path / "a", count=11, size=SMALL))
-    second = contents(
-        tmp_path / "b", make_demo_tree(tmp_path / "b", count=11, seed=1, size=SMALL)
-    )
+    second = contents(tmp_path / "b", make_demo_tree(tmp_path / "b", count=11, seed=1, size=SMALL))
     assert first.keys() == second.keys()
     assert all(first[name] != second[name] for name in first)
 

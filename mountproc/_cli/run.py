@@ -37,7 +37,7 @@ def run(ctx: click.Context, /, job_file: str, **values: Any) -> None:
         params = job_params(job, values.get("param_pairs") or (), ctx.args)
         progress = Progress(live=sys.stdout.isatty())
         try:
-            report = run_job(job_file, params=params, progress=progress, **cli_settings(values))
+            report = run_job(job, params=params, progress=progress, **cli_settings(values))
         except FailureBudgetExceeded as exc:
             progress.close()
             _show(exc.report.summary, exc.report.outputs, progress.live)

@@ -104,6 +104,19 @@ def _quiet() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def _script_hint() -> str:
+    """Why workers fail to start when a script calls ``mountproc.run`` at import time: each
+    worker process imports the script again (Python's spawn start method)."""
+    main = sys.modules.get("__main__")
+    script = getattr(main, "__file__", None)
+    if script is None or getattr(main, "__package__", None) == "mountproc":
+        return ""  # an interactive session or notebook, or the mountproc command itself
+    return (
+        f" (if {script} calls mountproc.run at its top level, put the call under "
+        '`if __name__ == "__main__":`: every worker process imports the script again)'
+    )
+
+
 @contextmanager
 def _local_cluster(opts: ClusterOptions) -> Iterator[Client]:
     n = opts.workers or os.cpu_count() or 1
@@ -121,7 +134,7 @@ def _local_cluster(opts: ClusterOptions) -> Iterator[Client]:
             silence_logs=logging.CRITICAL,  # mountproc reports task failures itself
         )
     except Exception as exc:
-        raise ClusterError(f"cannot start a local Dask cluster: {exc}") from exc
+        raise ClusterError(f"cannot start a local Dask cluster: {exc}{_script_hint()}") from exc
     log.info("started a local Dask cluster: %d workers x %d threads", n, opts.threads_per_worker)
     if cluster.dashboard_link:
         log.info("Dask dashboard: %s", cluster.dashboard_link)

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mountproc._jsonfile import write_json
 from mountproc._listing.sharding import PLAN_SCHEMA
 from mountproc._outputs.layout import results_path
 from mountproc._records import FileResult, ShardResult, Status
@@ -122,13 +123,6 @@ def read_records(directory: Path) -> list[ShardRecord]:
     return [
         ShardRecord(**json.loads(p.read_text())) for p in sorted(directory.glob("shard-*.json"))
     ]
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def write_manifest(plan: Path, results_dir: Path, tar_names: Mapping[int, str], out: Path) -> None:

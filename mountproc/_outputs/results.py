@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from mountproc._errors import MountprocError
+from mountproc._jsonfile import write_json
 from mountproc._outputs import metadata
 from mountproc._outputs.layout import METADATA_NAME, RunPaths, record_path, results_path
 from mountproc._outputs.publish import publish
@@ -73,7 +74,7 @@ def finish(
         (paths.summary, summary),
         (paths.index, metadata.wids_index(paths.job, records)),
     ):
-        metadata.write_json(paths.root / name, data)
+        write_json(paths.root / name, data)
         publish(paths.root / name, paths.outputs / name)
     lines = metadata.metadata_lines(
         records,

@@ -1,4 +1,4 @@
-"""The run's working area in scratch, and resume: what a rerun of the same command reuses
+"""Resume: what a rerun of the same command reuses
 from an earlier run that did not finish.
 
 A run keeps ``run.json`` in its scratch area: what decides its shards and their bytes (the job
@@ -20,10 +20,11 @@ from typing import Any
 
 from mountproc import __version__
 from mountproc._errors import OutputsNotEmptyError
+from mountproc._jsonfile import write_json
 from mountproc._listing.sharding import Plan
 from mountproc._mounts.table import show
 from mountproc._outputs.layout import STATE_NAME, RunPaths, record_path
-from mountproc._outputs.metadata import ShardRecord, read_records, write_json
+from mountproc._outputs.metadata import ShardRecord, read_records
 from mountproc._records import JobRef
 from mountproc._resolve import ResolvedRun
 

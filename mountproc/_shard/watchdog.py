@@ -21,8 +21,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from mountproc._jsonfile import write_json
 from mountproc._mounts.table import MountNotAliveError, probe_alive
-from mountproc._outputs.metadata import write_json
 from mountproc._records import Limits
 
 log = logging.getLogger(__name__)

@@ -6,21 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-JOB = """
-from mountproc import Context, Job, SourceFile
-
-job = Job(name="pinned", include=["*.txt", "*.bin"])
-
-
-@job.transform
-def upper(src: SourceFile, ctx: Context) -> dict[str, object]:
-    data = src.read_bytes()
-    if data.startswith(b"bad"):
-        raise ValueError("bad file")
-    if data.startswith(b"skip"):
-        return None
-    return {"txt": data.upper(), "meta.json": {"n": len(data), "shard": ctx.shard}}
-"""
+JOB = (Path(__file__).parent / "pinned_job.py").read_text()
 
 # the tree: names chosen to exercise the member key (dots, '%', spaces, non-UTF-8 bytes)
 FILES: dict[bytes, bytes] = {

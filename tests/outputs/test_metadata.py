@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from mountproc._jsonfile import write_json
 from mountproc._listing.listing import Patterns, write_listing
 from mountproc._listing.sharding import ShardBounds, iter_shards, write_plan
 from mountproc._outputs.metadata import (
@@ -21,7 +22,6 @@ from mountproc._outputs.metadata import (
     read_records,
     shard_record,
     wids_index,
-    write_json,
     write_manifest,
     write_record,
     write_results,
