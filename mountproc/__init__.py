@@ -1,8 +1,9 @@
 """mountproc: batch preprocessing of huge datasets on network file systems, on Dask, for Valohai.
 
 The public API: ``Job`` (with ``@job.transform``, ``@job.setup`` and ``job.apply``),
-``SourceFile``, ``Context``, ``Skip``, ``NoParams``, ``run`` and its ``RunReport``, and the
-errors (``MountprocError`` and its subclasses). Everything else is private."""
+``SourceFile``, ``Context``, ``Skip``, ``NoParams``, ``run`` and its ``RunReport``,
+``manifest`` (a run's manifest as a DataFrame), and the errors (``MountprocError`` and its
+subclasses). Everything else is private."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from mountproc._records import RunReport
 
 __version__ = "0.1.0"
 
-from mountproc._api import run
+from mountproc._api import run  # after __version__, which the runner reads
+from mountproc._outputs.report import manifest
 
 __all__ = [
     "ClusterError",
@@ -53,5 +55,6 @@ __all__ = [
     "WorkerMountError",
     "WorkersLostError",
     "__version__",
+    "manifest",
     "run",
 ]

@@ -57,10 +57,18 @@ def run(
         raise FailureBudgetExceeded(
             f"{s['files_failed']} of {s['files_selected']} files failed, more than "
             f"--max-failures={resolved.settings.max_failures}: no dataset version was "
-            "registered; see the manifest for the reasons",
+            f"registered; {_commonest(s)}details: mountproc report {report.outputs}",
             report,
         )
     return report
+
+
+def _commonest(summary: dict[str, Any]) -> str:
+    groups = summary.get("failures") or []
+    if not groups:
+        return ""
+    top = groups[0]
+    return f"the commonest: {top['error']} ({top['files']} files, e.g. {top['example']}); "
 
 
 def _serve_as_member(job: Job, resolved: ResolvedRun) -> RunReport:

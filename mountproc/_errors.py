@@ -9,6 +9,7 @@
     │   │   └── WorkerMountError . a worker sees the source differently from this machine
     │   └── OutputsNotEmptyError . outputs already hold results of this job
     ├── FailureBudgetExceeded (1)  more files failed than --max-failures allows
+    ├── FilesFailed (1) .......... mountproc try: some of the files tried failed
     ├── ClusterError (1) ......... the Dask cluster could not be started or reached
     ├── VerificationFailed (1) ... a published tar is truncated, altered, missing or unlisted
     └── RunAbortedError (1) ...... the run's environment failed mid-run; a rerun can go on
@@ -68,6 +69,10 @@ class FailureBudgetExceeded(MountprocError):
     def __init__(self, message: str, report: Any = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class FilesFailed(MountprocError):
+    """Some of the files ``mountproc try`` ran the transform on failed (exit code 1)."""
 
 
 class ClusterError(MountprocError):

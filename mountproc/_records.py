@@ -13,7 +13,8 @@ class Status(str, Enum):
 
     OK = "ok"
     FAILED = "failed"
-    SKIPPED = "skipped"
+    SKIPPED = "skipped"  # declined by the transform
+    EXCLUDED = "excluded"  # never selected: patterns, symlinks, non-regular entries
 
 
 class Kind(str, Enum):
@@ -105,6 +106,7 @@ class FileResult:
     error: str | None = None
     members: tuple[str, ...] = ()
     changed: bool = False  # size or mtime differ from the listing's: the file changed meanwhile
+    traceback: str | None = None  # of a failed file: bounded, the job file's frames kept
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,7 @@ class Run:
             plan, entries = begun.plan
         else:
             plan, entries = self._list(checked, client, begun.state)
-        skips = entries - plan.files
-        self.tally = Tally(plan.shards, plan.files, skipped=skips, not_selected=skips)
+        self.tally = Tally(plan.shards, plan.files, excluded=entries - plan.files)
         self.tally.reuse(begun.finished.values())
         if client is None or check is None:
             client, check = self._connect(stack, checked)

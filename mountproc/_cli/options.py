@@ -22,19 +22,20 @@ EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True}
 """Commands that take a job file also take its parameters as ``--NAME=VALUE``."""
 
 
+param_option = click.option(
+    "--param",
+    "-p",
+    "param_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A job parameter (repeatable); --NAME=VALUE works too.",
+)
+
+
 def run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a command with an option per setting, then ``--param``."""
     options = [_option(name, field) for name, field in RunSettings.model_fields.items()]
-    options.append(
-        click.option(
-            "--param",
-            "-p",
-            "param_pairs",
-            multiple=True,
-            metavar="NAME=VALUE",
-            help="A job parameter (repeatable); --NAME=VALUE works too.",
-        )
-    )
+    options.append(param_option)
     for option in reversed(options):
         fn = option(fn)
     return fn

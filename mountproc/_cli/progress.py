@@ -13,6 +13,7 @@ import click
 
 JSON_EVERY_S = 5.0  # Valohai's execution log: a metrics line every few seconds
 LIVE_EVERY_S = 0.2  # a terminal: redraw at most this often
+SHOWN_FAILURES = 5
 
 
 class Progress:
@@ -101,7 +102,8 @@ def summary_table(summary: dict[str, Any], outputs: Path) -> list[str]:
         (
             "files",
             f"{s['files_ok']:,} ok, {s['files_failed']:,} failed, {s['files_skipped']:,} skipped "
-            f"({s['files_selected']:,} selected of {s['entries_listed']:,} listed)",
+            f"by the transform ({s['files_selected']:,} selected of {s['entries_listed']:,} "
+            f"listed, {s['files_excluded']:,} excluded)",
         ),
         (
             "shards",
@@ -114,7 +116,23 @@ def summary_table(summary: dict[str, Any], outputs: Path) -> list[str]:
     ]
     if s.get("stopped_by"):
         rows.append(("stopped by", s["stopped_by"]))
+    rows += _failure_rows(s, outputs)
     return [f"{key:<12}{value}" for key, value in rows]
+
+
+def _failure_rows(summary: dict[str, Any], outputs: Path) -> list[tuple[str, str]]:
+    """The commonest failures, and where each failed file's reason and traceback are."""
+    groups = summary.get("failures") or []
+    rows = [
+        ("failures" if i == 0 else "", f"{g['files']:,} x {g['error']} (e.g. {g['example']})")
+        for i, g in enumerate(groups[:SHOWN_FAILURES])
+    ]
+    if len(groups) > SHOWN_FAILURES:
+        rows.append(("", f"... {len(groups) - SHOWN_FAILURES} more kinds"))
+    if groups:
+        manifest = outputs / f"{summary['job']}-manifest.parquet"
+        rows.append(("details", f"mountproc report {outputs}  (or {manifest}: error, traceback)"))
+    return rows
 
 
 def final_metrics(summary: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ RESULTS_SCHEMA = pa.schema(
         ("error", pa.string()),
         ("members", pa.list_(pa.string())),
         ("changed", pa.bool_()),
+        ("traceback", pa.string()),
     ]
 )
 MANIFEST_SCHEMA = pa.schema(
@@ -37,6 +38,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("error", pa.string()),
         pa.field("members", pa.list_(pa.string())),
         pa.field("changed", pa.bool_()),
+        pa.field("traceback", pa.string()),
     ]
 )
 
@@ -86,6 +88,7 @@ def write_results(path: Path, results: Sequence[FileResult]) -> None:
             "error": [_utf8(r.error) for r in results],
             "members": [list(r.members) for r in results],
             "changed": [r.changed for r in results],
+            "traceback": [_utf8(r.traceback) for r in results],
         },
         schema=RESULTS_SCHEMA,
     )
@@ -138,9 +141,9 @@ def write_manifest(plan: Path, results_dir: Path, tar_names: Mapping[int, str], 
                 )
             ]
             cols.pop("skip_reason")
-            cols["status"], cols["error"], cols["members"], cols["changed"] = (
-                (list(c) for c in zip(*rows, strict=True)) if rows else ([], [], [], [])
-            )
+            names = ("status", "error", "members", "changed", "traceback")
+            columns = zip(*rows, strict=True) if rows else ([] for _ in names)
+            cols.update({name: list(col) for name, col in zip(names, columns, strict=True)})
             cols["tar"] = [  # only where the file's outputs are: ok rows of a published shard
                 tar_names.get(shard) if status == Status.OK.value and shard is not None else None
                 for shard, status in zip(cols["shard"], cols["status"], strict=True)
@@ -149,20 +152,24 @@ def write_manifest(plan: Path, results_dir: Path, tar_names: Mapping[int, str], 
     reader.finish()
 
 
+Row = tuple[bytes, str, str | None, list[str], bool, str | None]
+"""One file's results: raw path, status, error, members, changed, traceback."""
+
+
 class _ShardResults:
     """Reads shard result files in order as the plan streams past (shards are contiguous)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.shard: int | None = None
-        self.rows: Iterator[tuple[bytes, str, str | None, list[str], bool]] = iter(())
+        self.rows: Iterator[Row] = iter(())
         self.found = False  # whether the current shard has a results file
 
     def resolve(
         self, raw: bytes, shard: int | None, reason: str | None
-    ) -> tuple[str, str | None, list[str], bool]:
+    ) -> tuple[str, str | None, list[str], bool, str | None]:
         if shard is None:
-            return Status.SKIPPED.value, reason, [], False
+            return Status.EXCLUDED.value, reason, [], False, None
         if shard != self.shard:
             self.finish()
             self.shard, self.found, self.rows = shard, *self._load(shard)
@@ -170,19 +177,17 @@ class _ShardResults:
         if row is None:
             if self.found:
                 raise RuntimeError(f"shard {shard} results have fewer rows than the plan")
-            return Status.FAILED.value, NOT_PROCESSED, [], False
+            return Status.FAILED.value, NOT_PROCESSED, [], False, None
         if row[0] != raw:
             raise RuntimeError(f"shard {shard} results do not match the plan at {raw!r}")
-        return row[1], row[2], row[3], row[4]
+        return row[1], row[2], row[3], row[4], row[5]
 
     def finish(self) -> None:
         """Raise if the current shard's results file has rows the plan does not."""
         if self.found and next(self.rows, None) is not None:
             raise RuntimeError(f"shard {self.shard} results have more rows than the plan")
 
-    def _load(
-        self, shard: int
-    ) -> tuple[bool, Iterator[tuple[bytes, str, str | None, list[str], bool]]]:
+    def _load(self, shard: int) -> tuple[bool, Iterator[Row]]:
         path = results_path(self.directory, shard)
         if not path.exists():
             return False, iter(())
@@ -193,6 +198,7 @@ class _ShardResults:
             cols["error"],
             cols["members"],
             cols["changed"],
+            cols["traceback"],
             strict=True,
         )
         return True, rows

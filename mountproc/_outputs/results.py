@@ -12,6 +12,7 @@ from typing import Any
 from mountproc._errors import MountprocError
 from mountproc._jsonfile import write_json
 from mountproc._outputs import metadata
+from mountproc._outputs.failures import failure_groups
 from mountproc._outputs.layout import METADATA_NAME, RunPaths, record_path, results_path
 from mountproc._outputs.publish import publish
 from mountproc._outputs.summary import Tally
@@ -70,6 +71,7 @@ def finish(
     manifest = paths.root / paths.manifest
     metadata.write_manifest(paths.plan, paths.results, {r.index: r.tar for r in records}, manifest)
     publish(manifest, paths.outputs / paths.manifest)
+    summary["failures"] = failure_groups(paths.outputs / paths.manifest)
     for name, data in (
         (paths.summary, summary),
         (paths.index, metadata.wids_index(paths.job, records)),

@@ -22,8 +22,8 @@ class Tally:
     shards_failed: int = 0
     ok: int = 0
     failed: int = 0
-    skipped: int = 0
-    not_selected: int = 0  # entries the listing skipped (symlinks, patterns...): never shards
+    skipped: int = 0  # declined by the transform
+    excluded: int = 0  # never selected by the listing (patterns, symlinks...): never shards
     records: list[ShardRecord] = field(default_factory=list)
 
     def reuse(self, finished: Iterable[ShardRecord]) -> None:
@@ -50,10 +50,10 @@ class Tally:
         return {
             "shards_done": self.shards_done + self.shards_failed,
             "shards_total": self.shards_total,
-            "files_done": self.ok + self.failed + self.skipped - self.not_selected,
+            "files_done": self.ok + self.failed + self.skipped,
             "files_ok": self.ok,
             "files_failed": self.failed,
-            "files_skipped": self.skipped - self.not_selected,
+            "files_skipped": self.skipped,
             "files_total": self.files_total,
         }
 
@@ -66,7 +66,8 @@ class Tally:
             "files_ok": self.ok,
             "files_failed": self.failed,
             "files_skipped": self.skipped,
-            "files_not_processed": entries - self.ok - self.failed - self.skipped,
+            "files_excluded": self.excluded,
+            "files_not_processed": plan.files - self.ok - self.failed - self.skipped,
             "shards": plan.shards,
             "shards_published": self.shards_done,
             "shards_failed": self.shards_failed,

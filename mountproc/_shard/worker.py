@@ -41,14 +41,13 @@ from mountproc._mounts.table import (
 )
 from mountproc._mounts.workers import check_worker
 from mountproc._records import FileEntry, FileResult, ShardResult, ShardSpec, Status
-from mountproc._shard import sample
+from mountproc._shard import failures, sample
 from mountproc._shard.reading import ReadAhead, SourceRead, read_source
 from mountproc._shard.tar import TarBuilder
 from mountproc._shard.watchdog import ShardNotes, watchdog
 
 log = logging.getLogger(__name__)
 
-MAX_ERROR_CHARS = 500
 READ_ATTEMPTS = 3
 """Attempts at a file whose mount answers with ENOTCONN, ESTALE, EIO...: reopening the path
 gets past a failover or a transient handle error."""
@@ -164,7 +163,7 @@ def _worker_state(job: Job, spec: ShardSpec, params: Any) -> Any:
             except Exception as exc:
                 raise JobSetupError(
                     f"{spec.job.filename}: the job's setup failed on {socket.gethostname()}: "
-                    f"{_reason(exc)}"
+                    f"{failures.reason(exc)}"
                 ) from None
         return _STATE[key]
 
@@ -188,9 +187,12 @@ def _process(
             return FileResult(entry.path, Status.SKIPPED, "declined by the transform")
         outputs = sample.normalize_outputs(value)
     except Skip as exc:
-        return FileResult(entry.path, Status.SKIPPED, _reason(exc) or "declined by the transform")
+        why = failures.reason(exc) or "declined by the transform"
+        return FileResult(entry.path, Status.SKIPPED, why)
     except Exception as exc:
-        return FileResult(entry.path, Status.FAILED, _failure(exc, spec, entry))
+        why = _failure(exc, spec, entry)
+        trace = failures.traceback_text(exc, spec.job.filename)
+        return FileResult(entry.path, Status.FAILED, why, traceback=trace)
     _refuse_reserved(spec, outputs)
     record = sample.record(entry.path, read.size, read.mtime_ns, read.sha256)
     named = sample.members(entry.path, outputs, record)
@@ -233,12 +235,13 @@ def _failure(exc: Exception, spec: ShardSpec, entry: FileEntry) -> str:
     if disk is not None:
         raise disk
     sick = sick_error(exc)
+    why = failures.reason(exc, entry.path)
     if sick is None and find_oserror(exc, (errno.ENOENT,)) is None:
-        return _reason(exc)
+        return why
     _check_source_still_there(spec, entry)  # a vanished file may be a vanished mount
     if sick is None:
-        return _reason(exc)
-    return f"{_reason(exc)} (still {errno_text(sick)} after {READ_ATTEMPTS} attempts)"
+        return why
+    return f"{why} (still {errno_text(sick)} after {READ_ATTEMPTS} attempts)"
 
 
 def _check_source_still_there(spec: ShardSpec, entry: FileEntry) -> None:
@@ -250,12 +253,3 @@ def _check_source_still_there(spec: ShardSpec, entry: FileEntry) -> None:
             probe_alive(spec.source_root, spec.limits.mount_timeout_s)
     except (MountprocError, OSError) as exc:  # OSError: the source root itself is gone
         raise SourceLostError(f"{exc} (noticed while reading {display_path(entry.path)})") from None
-
-
-def _reason(exc: BaseException) -> str:
-    """One line: the exception's type and message."""
-    # one line of valid UTF-8: a path with undecodable bytes in a message would break Parquet
-    text = " ".join(str(exc).split()).encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(exc, Skip):
-        return text[:MAX_ERROR_CHARS]
-    return f"{type(exc).__name__}: {text}"[:MAX_ERROR_CHARS] if text else type(exc).__name__

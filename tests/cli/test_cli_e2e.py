@@ -55,9 +55,9 @@ def test_full_run_accounts_for_every_file(
     for bad in BAD_FILES:
         assert rows[bad]["status"] == "failed", bad
         assert rows[bad]["error"], bad
-    assert rows[facts["fifo"]]["status"] == "skipped"
+    assert rows[facts["fifo"]]["status"] == "excluded"
     assert "fifo" in rows[facts["fifo"]]["error"]
-    assert rows[facts["symlink"]]["status"] == "skipped"
+    assert rows[facts["symlink"]]["status"] == "excluded"
     assert "symlink" in rows[facts["symlink"]]["error"]
     assert (
         rows[NON_UTF8.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")][
@@ -298,7 +298,7 @@ def test_empty_source_is_refused_unless_allowed(tmp_path: Path) -> None:
         "run", RESIZE_JOB, "--source", src, "--outputs", out, "--allow-empty", cwd=tmp_path
     )
     assert proc.returncode == 0, proc.stderr
-    assert read_manifest(out)[0]["status"] == "skipped"
+    assert read_manifest(out)[0]["status"] == "excluded"
 
 
 def test_a_plain_directory_is_refused_under_strict_mounts(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ def test_every_help_shows_examples(command: list[str]) -> None:
 
 def test_the_commands_are_the_documented_ones() -> None:
     assert sorted(main.commands) == [
-        "check", "plan", "run", "sample-data", "verify", "worker", "yaml",
+        "check", "plan", "report", "run", "sample-data", "try", "verify", "worker", "yaml",
     ]  # fmt: skip
 
 

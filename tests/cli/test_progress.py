@@ -56,13 +56,19 @@ def test_json_metric_lines_when_stdout_is_not_a_terminal(tmp_path: Path, tree: P
     assert last["eta_s"] == 0
     final = objects[-1]  # the summary's metrics, for Valohai's charts
     assert final["files_ok"] == summary["files_ok"]
-    # the table, after the metric lines
-    table = proc.stdout.splitlines()[-7:]
-    assert table[0] == "job         resize-images"
+    # the table, after the metric lines: the run, then its commonest failures and where more is
+    lines = proc.stdout.splitlines()
+    table = lines[lines.index("job         resize-images") :]
     assert table[2].startswith(
         f"files       {summary['files_ok']} ok, {summary['files_failed']} failed"
     )
-    assert table[-1] == "dataset     dataset://preprocessed-images/v1"
+    assert table[6] == "dataset     dataset://preprocessed-images/v1"
+    groups = summary["failures"]
+    assert sum(g["files"] for g in groups) == summary["files_failed"]
+    assert table[7] == (
+        f"failures    {groups[0]['files']} x {groups[0]['error']} (e.g. {groups[0]['example']})"
+    )
+    assert table[-1].startswith(f"details     mountproc report {out}")
 
 
 def _in_terminal(args: list[str], cwd: Path) -> tuple[int, str]:
@@ -133,7 +139,8 @@ def test_status_line_shows_hours_for_long_runs() -> None:
 def test_summary_table_says_why_no_dataset(changes: dict[str, object], dataset: str) -> None:
     summary: dict[str, object] = {
         "job": "j", "source": "/s", "files_ok": 1, "files_failed": 0, "files_skipped": 0,
-        "files_selected": 1, "entries_listed": 1, "shards_published": 1, "shards_failed": 0,
+        "files_selected": 1, "entries_listed": 1, "files_excluded": 0, "shards_published": 1,
+        "shards_failed": 0,
         "shards_reused": 0, "seconds": 1.0, "files_per_s": 1.0, "dataset": "dataset://d/v1",
         "test_mode": False, "within_budget": True, **changes,
     }  # fmt: skip

@@ -389,7 +389,7 @@ def test_every_file_is_accounted_for(run: dict[str, Any]) -> None:
     failed = {path for path, row in rows.items() if row["status"] == "failed"}
     assert ok == set(good_paths())
     assert failed == set(expected_failures())
-    assert rows["DICOMDIR"]["status"] == "skipped"
+    assert rows["DICOMDIR"]["status"] == "excluded"
     assert rows["DICOMDIR"]["error"] == "not selected by include/exclude patterns"
 
 

@@ -130,7 +130,7 @@ def test_manifest_merges_plan_and_results(plan: Path, tmp_path: Path) -> None:
     assert (pipe["shard"], pipe["tar"], pipe["status"], pipe["members"]) == (
         None,
         None,
-        "skipped",
+        "excluded",
         [],
     )
     assert pipe["kind"] == "fifo"
@@ -151,7 +151,7 @@ def test_manifest_without_any_results(plan: Path, tmp_path: Path) -> None:
     write_manifest(plan, results_dir(tmp_path), {}, out)
     rows = manifest_rows(out)
     assert len(rows) == 7
-    assert [r["status"] for r in rows].count("skipped") == 1
+    assert [r["status"] for r in rows].count("excluded") == 1
     assert all(r["error"] == NOT_PROCESSED for r in rows if r["shard"] is not None)
     assert all(r["tar"] is None for r in rows)
 
@@ -197,7 +197,7 @@ def test_write_results_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "r.parquet"
     results = [
         FileResult("a", Status.OK, None, ("a.jpg", "a.json"), changed=True),
-        FileResult(os.fsdecode(b"\xff"), Status.FAILED, "OSError: \udcff"),
+        FileResult(os.fsdecode(b"\xff"), Status.FAILED, "OSError: \udcff", traceback="T \udcff"),
         FileResult("c", Status.SKIPPED, "declined"),
     ]
     write_results(path, results)
@@ -208,6 +208,7 @@ def test_write_results_round_trip(tmp_path: Path) -> None:
         "error": [None, "OSError: \\udcff", "declined"],
         "members": [["a.jpg", "a.json"], [], []],
         "changed": [True, False, False],
+        "traceback": [None, "T \\udcff", None],
     }
 
 

@@ -18,10 +18,12 @@ from mountproc._jobfile import load_job, read_job_file
 from mountproc._mounts.source import check_source
 from mountproc._outputs.metadata import write_results
 from mountproc._records import FileEntry, JobRef, ShardResult, ShardSpec, Status, WorkerCheck
+from mountproc._shard import failures
 from mountproc._shard import worker as _worker
+from mountproc._shard.failures import MAX_ERROR_CHARS
 from mountproc._shard.sample import member_key
 from mountproc._shard.watchdog import ShardNotes
-from mountproc._shard.worker import MAX_ERROR_CHARS, run_shard
+from mountproc._shard.worker import run_shard
 
 JOB_TEXT = '''
 """A test job: upper-cases text files, with one misbehaviour per special file name."""
@@ -353,9 +355,15 @@ def test_undecodable_names_are_escaped_and_reasons_are_utf8(
 
 
 def test_reason_is_one_line() -> None:
-    assert _worker._reason(ValueError("a\r\nb\tc  ")) == "ValueError: a b c"
-    assert _worker._reason(KeyError()) == "KeyError"
-    assert _worker._reason(OSError(5, "I/O error")) == "OSError: [Errno 5] I/O error"
+    assert failures.reason(ValueError("a\r\nb\tc  ")) == "ValueError: a b c"
+    assert failures.reason(KeyError()) == "KeyError"
+    assert failures.reason(OSError(5, "I/O error")) == "OSError: [Errno 5] I/O error"
+
+
+def test_reason_names_the_file_instead_of_its_buffer() -> None:
+    exc = OSError("cannot identify image file <_io.BytesIO object at 0x7f3a2b1c9e50>")
+    assert failures.reason(exc, "a/b.jpg") == "OSError: cannot identify image file 'a/b.jpg'"
+    assert "BytesIO" in failures.reason(exc)  # without the file, the message is left alone
 
 
 def test_job_file_is_loaded_from_its_text(job_ref: JobRef, tmp_path: Path) -> None:

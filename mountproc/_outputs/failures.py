@@ -1,0 +1,37 @@
+"""Failures grouped for a person: by exception type and message (the file's own name taken
+out), commonest first, each with its count and an example file."""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mountproc._records import Status
+
+SHOWN_GROUPS = 10
+
+
+def failure_groups(manifest: Path, limit: int = SHOWN_GROUPS) -> list[dict[str, Any]]:
+    """The commonest reasons files failed in ``manifest``: ``{"error", "files", "example"}``."""
+    groups: dict[str, list[Any]] = {}
+    for batch in pq.ParquetFile(manifest).iter_batches(columns=["path", "status", "error"]):
+        failed = batch.filter(pc.equal(batch.column("status"), Status.FAILED.value))
+        paths, errors = failed.column("path").to_pylist(), failed.column("error").to_pylist()
+        for path, error in zip(paths, errors, strict=True):
+            group = groups.setdefault(general(error or "failed", path), [0, path])
+            group[0] += 1
+    ordered = sorted(groups.items(), key=lambda item: (-item[1][0], item[0]))[:limit]
+    return [{"error": error, "files": n, "example": example} for error, (n, example) in ordered]
+
+
+def general(error: str, path: str) -> str:
+    """``error`` with the file's own path and name replaced by ``<file>``, so that the same
+    failure of many files reads the same."""
+    for name in (repr(path), path, repr(posixpath.basename(path)), posixpath.basename(path)):
+        if name:
+            error = error.replace(name, "<file>")
+    return error
