@@ -38,8 +38,8 @@ from benchmarks.common import (
 )
 from benchmarks.trees import LISTING, SMOKE, ensure_tree
 from mountproc import Job
-from mountproc._listing.listing import ListingStats, Patterns, write_listing
-from mountproc._listing.stage import lister
+from mountproc._listing.listing import ListingStats, write_listing
+from mountproc._listing.stage import job_patterns, lister
 from mountproc._mounts.source import check_source
 from mountproc._mounts.sourcewatch import SourceWatch
 from mountproc._resolve import resolve
@@ -143,7 +143,7 @@ def _mountproc(src: Path, out: Path, runs: _Runs) -> Callable[[], object]:
     job = Job(name="bench-listing")
     run = resolve(job, {"source": src}, {}, {})
     mount, _warnings = check_source(src, strict=False, allow_writable=True)
-    patterns = Patterns(job.include, job.exclude)
+    patterns = job_patterns(job)
 
     def listing() -> None:
         with (

@@ -21,6 +21,17 @@ from mountproc._shard.sample import RECORD_SUFFIX, normalize_outputs, uses_reser
 P = TypeVar("P", bound=BaseModel)
 S = TypeVar("S", default=Any)
 
+DEFAULT_EXCLUDES = (
+    "._*",  # macOS resource forks (AppleDouble) on shares written from a Mac
+    ".DS_Store",
+    "Thumbs.db",
+    "desktop.ini",
+    "@eaDir",  # Synology's thumbnails and indexes
+    ".snapshot",  # NetApp's and others' snapshot directories
+    "lost+found",
+)
+"""Names no job wants as input, excluded unless ``Job(default_excludes=False)``."""
+
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _DATASET_RE = re.compile(r"^dataset://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -97,6 +108,7 @@ class Job:
     params: type[BaseModel] = NoParams
     readonly: bool = True
     settings: Mapping[str, Any] = field(default_factory=dict)
+    default_excludes: bool = True
     transform_fn: Transform | None = None
     setup_fn: Setup | None = None
     _states: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)

@@ -10,14 +10,14 @@ import click
 
 from mountproc._cli.guard import guarded
 from mountproc._cli.main import main
-from mountproc._cli.options import EXTRA, load, run_options
+from mountproc._cli.options import EXTRA, JobCommand, load, run_options
 from mountproc._mounts.dirs import human_bytes
 from mountproc._mounts.preflight import Preflight, preflight
 from mountproc._outputs.layout import RunPaths
 from mountproc._resolve import ResolvedRun
 
 
-@main.command(context_settings=EXTRA)
+@main.command(cls=JobCommand, context_settings=EXTRA)
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @run_options
 @click.pass_context

@@ -3,15 +3,17 @@ setting (``RunSettings``), and the job parameters given as ``--NAME=VALUE``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 from pydantic.fields import FieldInfo
 
-from mountproc._errors import SettingsError
+from mountproc._errors import MountprocError, SettingsError
 from mountproc._job import Job
 from mountproc._jobfile import job_ref
 from mountproc._records import JobRef
@@ -112,3 +114,38 @@ def load(
     ref, job = job_ref(job_file)
     params = job_params(job, values.get("param_pairs") or (), ctx.args)
     return ref, job, resolve(job, cli_settings(values), params, os.environ)
+
+
+class JobCommand(click.Command):
+    """A command that takes a job file: with ``--help``, the job's own parameters are listed
+    too (types, defaults, bounds, descriptions), read from the job file given."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if any(a in ("--help", "-h") for a in args):
+            job_file = next((a for a in args if a.endswith(".py") and Path(a).is_file()), None)
+            # a broken job file: the help without its parameters
+            with contextlib.suppress(MountprocError):
+                if job_file is not None:
+                    ctx.meta["mountproc.job"] = job_ref(job_file)[1]
+        return super().parse_args(ctx, args)
+
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help(ctx, formatter)
+        job: Job | None = ctx.meta.get("mountproc.job")
+        if job is None:
+            return
+        rows = [_param_row(name, f) for name, f in job.params.model_fields.items()]
+        with formatter.section(f"Parameters of job {job.name} (--NAME=VALUE, or -p NAME=VALUE)"):
+            formatter.write_dl(rows or [("(none)", "this job declares no parameters")])
+
+
+def _param_row(name: str, field: FieldInfo) -> tuple[str, str]:
+    """``--name TYPE`` and its description, default and bounds."""
+    kind = getattr(field.annotation, "__name__", None) or str(field.annotation)
+    facts = [f"default: {field.default!r}"] if not field.is_required() else ["required"]
+    for meta in field.metadata:
+        for bound, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(meta, bound, None) is not None:
+                facts.append(f"{sign} {getattr(meta, bound)}")
+    text = f"{field.description or ''} ({'; '.join(facts)})".strip()
+    return f"--{name} {kind.upper()}", text

@@ -12,13 +12,13 @@ import click
 from mountproc._api import run as run_job
 from mountproc._cli.guard import guarded
 from mountproc._cli.main import main
-from mountproc._cli.options import EXTRA, cli_settings, job_params, run_options
+from mountproc._cli.options import EXTRA, JobCommand, cli_settings, job_params, run_options
 from mountproc._cli.progress import Progress, final_metrics, summary_table
 from mountproc._errors import FailureBudgetExceeded
 from mountproc._jobfile import job_ref
 
 
-@main.command(context_settings=EXTRA)
+@main.command(cls=JobCommand, context_settings=EXTRA)
 @click.argument("job_file", type=click.Path(dir_okay=False))
 @run_options
 @click.pass_context

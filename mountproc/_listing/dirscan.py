@@ -22,6 +22,7 @@ from mountproc._mounts.table import SICK_ERRNOS
 from mountproc._records import Kind
 
 _FILE = Kind.FILE.value
+JUNK_REASON = "OS metadata, a default exclude (Job(default_excludes=False) keeps it)"
 _by_name = attrgetter("name")
 
 
@@ -38,18 +39,26 @@ class Listed:
 
 class Patterns:
     """Case-insensitive include/exclude globs; a pattern with ``/`` matches the relative path,
-    one without matches the name."""
+    one without matches the name. ``junk`` are excludes of their own (the default excludes of
+    OS metadata), named apart in the listing's reasons."""
 
-    def __init__(self, include: Iterable[str], exclude: Iterable[str]) -> None:
+    def __init__(
+        self, include: Iterable[str], exclude: Iterable[str], junk: Iterable[str] = ()
+    ) -> None:
         include = list(include)
         self._include = _compile(include)
-        self._exclude = _compile(exclude)
+        self._exclude = _compile([*exclude, *junk])
+        self._junk = _compile(junk)
         self.selects_all = self._exclude is None and (not include or "*" in include)
         """Every file is included (no pattern needs matching)."""
 
     def excluded(self, relpath: str) -> bool:
-        """True when an exclude pattern matches."""
+        """True when an exclude pattern (or a junk one) matches."""
         return self._exclude is not None and _matches(self._exclude, relpath)
+
+    def junk(self, relpath: str) -> bool:
+        """True when a junk pattern (a default exclude of OS metadata) matches."""
+        return self._junk is not None and _matches(self._junk, relpath)
 
     def included(self, relpath: str) -> bool:
         """True when an include pattern matches and no exclude pattern does."""
@@ -202,7 +211,8 @@ def entry_items(entry: Entry, rel: str, patterns: Patterns) -> Sequence[Listed |
         return unreadable(exc, rel, "cannot stat")
     if is_dir:
         if patterns.excluded(rel):
-            return [Listed(rel, Kind.DIRECTORY, skip_reason="directory excluded by pattern")]
+            why = JUNK_REASON if patterns.junk(rel) else "directory excluded by pattern"
+            return [Listed(rel, Kind.DIRECTORY, skip_reason=why)]
         return [Subdir(entry.path, rel)]
     try:
         return [_classify(entry, rel, patterns)]
@@ -223,7 +233,8 @@ def _classify(entry: Entry, rel: str, patterns: Patterns) -> Listed:
         return Listed(rel, Kind.SYMLINK, skip_reason="symlink (never followed)")
     if is_file:
         if not patterns.included(rel):
-            return Listed(rel, Kind.FILE, skip_reason="not selected by include/exclude patterns")
+            why = JUNK_REASON if patterns.junk(rel) else "not selected by include/exclude patterns"
+            return Listed(rel, Kind.FILE, skip_reason=why)
         st = entry.stat(follow_symlinks=False)
         return Listed(rel, Kind.FILE, st.st_size, st.st_mtime_ns)
     kind = _special_kind(entry)

@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from mountproc._errors import MountError
-from mountproc._job import Job
+from mountproc._job import DEFAULT_EXCLUDES, Job
 from mountproc._listing.listing import ListingStats, Patterns, write_listing
 from mountproc._listing.sharding import Plan, ShardBounds, write_plan
 from mountproc._listing.testmode import write_test_listing
@@ -44,9 +44,14 @@ def list_and_shard(
     return plan, stats.entries
 
 
+def job_patterns(job: Job) -> Patterns:
+    """What the job selects: its include and exclude patterns, and the default excludes."""
+    return Patterns(job.include, job.exclude, DEFAULT_EXCLUDES if job.default_excludes else ())
+
+
 def _list(job: Job, run: ResolvedRun, listing: Path, lister: Lister) -> ListingStats:
     """List the source: in test mode only the subset, found without listing the whole tree."""
-    patterns = Patterns(job.include, job.exclude)
+    patterns = job_patterns(job)
     s = run.settings
     with SourceWatch(run.source, s.mount_timeout, "the listing") as watch:
         if s.test_mode:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
+from helpers import RESIZE_JOB
 
 from mountproc import __version__
 from mountproc._cli import main
@@ -27,3 +28,18 @@ def test_version() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0
     assert result.output == f"mountproc, version {__version__}\n"
+
+
+@pytest.mark.parametrize("command", ["run", "check", "plan"])
+def test_help_with_a_job_file_lists_its_parameters(command: str) -> None:
+    result = CliRunner().invoke(main, [command, str(RESIZE_JOB), "--help"])
+    assert result.exit_code == 0, result.output
+    section = result.output.split("Parameters of job resize-images", 1)[1]
+    assert "--size INT" in section
+    assert "(default: 224; >= 8; <= 16384)" in " ".join(section.split())
+    assert "--quality INT" in section
+
+
+def test_help_without_a_job_file_is_the_commands_own() -> None:
+    result = CliRunner().invoke(main, ["run", "--help"])
+    assert "Parameters of job" not in result.output
