@@ -8,9 +8,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
+from mountproc import __version__
 from mountproc._cluster.client import Client
 from mountproc._cluster.connect import connect
 from mountproc._cluster.placement import crawl_on_cluster
@@ -25,7 +27,13 @@ from mountproc._mounts.sourcewatch import SourceWatch
 from mountproc._outputs.layout import RunPaths
 from mountproc._outputs.publish import disk_full_is_an_error
 from mountproc._outputs.results import collect, dataset_target, finish
-from mountproc._outputs.resume import Begun, begin, remove_published, write_state
+from mountproc._outputs.resume import (
+    Begun,
+    begin,
+    read_state,
+    remove_published,
+    write_state,
+)
 from mountproc._outputs.summary import Tally
 from mountproc._records import JobRef, Limits, RunReport, ShardSpec, WorkerCheck
 from mountproc._resolve import ResolvedRun
@@ -57,7 +65,7 @@ class Run:
     def execute(self) -> RunReport:
         """Run the job; per-file failures are counted, never raised. A run stopped by Ctrl-C,
         SIGTERM or a failing environment still publishes what is complete, then raises."""
-        started = time.monotonic()
+        started, started_at = time.monotonic(), _utc_now()
         checked = preflight(self.resolved, self.job.readonly)
         begun = begin(self.paths, self.resolved, self.ref)
         stop: BaseException | None = None
@@ -75,6 +83,7 @@ class Run:
         summary = self._summary(checked, plan, entries, time.monotonic() - started, within)
         summary["stopped_by"] = None if stop is None else f"{type(stop).__name__}: {stop}"
         summary["shards_reused"] = len(begun.finished)
+        summary.update(self._attempts(started_at, summary["seconds"]))
         self._finish_safely(summary, within, stop)
         if stop is not None:
             raise stop
@@ -163,12 +172,28 @@ class Run:
         finally:  # on a stop, cancel the shards in flight while the cluster is still up
             stream.cancel()
 
+    def _attempts(self, started_at: str, seconds: float) -> dict[str, Any]:
+        """This attempt's times, and the attempts and seconds of the run so far (a resumed run
+        counts its earlier attempts); saved for the next attempt."""
+        state = read_state(self.paths.root) or {}
+        attempts = int(state.get("attempts", 0)) + 1
+        total = round(float(state.get("seconds_all_attempts", 0.0)) + seconds, 3)
+        write_state(self.paths.root, {**state, "attempts": attempts, "seconds_all_attempts": total})
+        return {
+            "started": started_at,
+            "ended": _utc_now(),
+            "attempts": attempts,
+            "seconds_all_attempts": total,
+        }
+
     def _summary(
         self, checked: Preflight, plan: Plan, entries: int, seconds: float, within: bool
     ) -> dict[str, Any]:
         s = self.settings
         return {
             "job": self.job.name,
+            "job_digest": self.ref.digest,
+            "mountproc": __version__,
             "source": str(self.resolved.source),
             **checked.as_dict(),
             "test_mode": s.test_mode,
@@ -196,6 +221,10 @@ class Run:
             if stop is None:
                 raise
             log.error("could not publish the manifest and summary: %s", exc)
+
+
+def _utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _shielded(fn: Callable[[], None]) -> None:

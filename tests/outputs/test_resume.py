@@ -3,17 +3,20 @@ are built again, and the outputs end byte-identical to a clean run's, each file 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from helpers import RESIZE_JOB, clean_env, read_manifest, read_metadata, run_cli, tar_digests
 from helpers.netfs import wait_until
 
+import mountproc
 from mountproc._demo_data import make_demo_tree
 
 pytestmark = pytest.mark.cluster
@@ -58,8 +61,20 @@ def test_rerunning_a_finished_run_reuses_every_shard(
     proc = run_cli(*_args(src, out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "6 shard(s) already published and verified" in proc.stderr
-    assert _summary(out)["shards_reused"] == 6
+    summary = _summary(out)
+    assert summary["shards_reused"] == 6
     _assert_complete(out, expected)
+    # the summary counts both attempts, and says when this one ran, with which mountproc
+    assert summary["attempts"] == 2
+    assert isinstance(summary["seconds"], float)
+    assert isinstance(summary["seconds_all_attempts"], float)
+    assert summary["seconds_all_attempts"] > summary["seconds"]
+    started = datetime.fromisoformat(str(summary["started"]))
+    ended = datetime.fromisoformat(str(summary["ended"]))
+    assert started.tzinfo is not None
+    assert timedelta(0) <= ended - started <= timedelta(seconds=float(summary["seconds"]) + 2)
+    assert summary["mountproc"] == mountproc.__version__
+    assert summary["job_digest"] == hashlib.sha256(RESIZE_JOB.read_bytes()).hexdigest()
 
 
 def test_a_crash_between_publishing_a_tar_and_its_record_is_repaired(
