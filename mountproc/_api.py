@@ -51,16 +51,27 @@ def run(
         return _serve_as_member(loaded, resolved)
     from mountproc._runner import Run  # Dask is imported only for a run
 
-    report = Run(loaded, ref, resolved, client, progress).execute()
+    try:
+        report = Run(loaded, ref, resolved, client, progress).execute()
+    except FailureBudgetExceeded as exc:  # stopped early: failures passed the budget
+        raise _over_budget(exc.report, resolved, "stopped early") from None
     if not report.within_budget:
-        s = report.summary
-        raise FailureBudgetExceeded(
-            f"{s['files_failed']} of {s['files_selected']} files failed, more than "
-            f"--max-failures={resolved.settings.max_failures}: no dataset version was "
-            f"registered; {_commonest(s)}details: mountproc report {report.outputs}",
-            report,
-        )
+        raise _over_budget(report, resolved, "")
     return report
+
+
+def _over_budget(report: RunReport, resolved: ResolvedRun, how: str) -> FailureBudgetExceeded:
+    """The error of a run over its failure budget: counts, the commonest failure, where the
+    details are, and what it means for the dataset version."""
+    s = report.summary
+    test = resolved.settings.test_mode
+    verdict = "a full run would fail the same way" if test else "no dataset version registered"
+    return FailureBudgetExceeded(
+        f"{s['files_failed']} of {s['files_selected']} files failed, more than "
+        f"--max-failures={resolved.settings.max_failures}{f' ({how})' if how else ''}: "
+        f"{verdict}; {_commonest(s)}details: mountproc report {report.outputs}",
+        report,
+    )
 
 
 def _commonest(summary: dict[str, Any]) -> str:

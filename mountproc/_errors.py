@@ -9,6 +9,7 @@
     │   │   └── WorkerMountError . a worker sees the source differently from this machine
     │   └── OutputsNotEmptyError . outputs already hold results of this job
     ├── FailureBudgetExceeded (1)  more files failed than --max-failures allows
+    ├── StoppedEarly (1) ......... the first files all failed the same way: the transform is broken
     ├── FilesFailed (1) .......... mountproc try: some of the files tried failed
     ├── ClusterError (1) ......... the Dask cluster could not be started or reached
     ├── VerificationFailed (1) ... a published tar is truncated, altered, missing or unlisted
@@ -16,6 +17,9 @@
         ├── SourceLostError ...... the source mount stopped answering
         ├── WorkersLostError ..... every Dask worker left the cluster and none came back
         └── DiskFullError ........ scratch or outputs ran out of space
+
+Interrupts stay ``KeyboardInterrupt``s: ``Terminated`` (SIGTERM) and ``RunInterrupted`` (a run
+that published what was complete, with its report).
 
 Per-file problems are never exceptions across module boundaries: they are records with a
 status and a reason (see ``mountproc._records``).
@@ -30,6 +34,7 @@ class MountprocError(Exception):
     """Base class of every error mountproc reports to a user."""
 
     exit_code: int = 1
+    report: Any = None  # a run that stopped with this error: its RunReport (what was published)
 
 
 class UsageError(MountprocError):
@@ -64,11 +69,16 @@ class OutputsNotEmptyError(UsageError):
 
 class FailureBudgetExceeded(MountprocError):
     """More files failed than the failure budget allows (exit code 1); ``report`` is the run's
-    ``RunReport`` (the tars and the manifest are published for inspection)."""
+    ``RunReport`` (what was complete is published for inspection)."""
 
     def __init__(self, message: str, report: Any = None) -> None:
         super().__init__(message)
         self.report = report
+
+
+class StoppedEarly(MountprocError):
+    """The run's first files all failed the same way: it stopped rather than fail them all
+    (exit code 1; ``--keep-going`` processes everything anyway)."""
 
 
 class FilesFailed(MountprocError):
@@ -97,3 +107,16 @@ class WorkersLostError(RunAbortedError):
 
 class DiskFullError(RunAbortedError):
     """Scratch or outputs ran out of space."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (how Valohai stops an execution), handled like Ctrl-C."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM after publishing what was complete; ``report`` is
+    its RunReport."""
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report

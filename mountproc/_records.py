@@ -83,6 +83,15 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class StopRules:
+    """When a worker gives up on its shard, and the run stops: more failed files than the whole
+    run may have, or its first files all failing the same way (a broken transform)."""
+
+    max_failed: int | None = None  # None: --keep-going
+    same_first: int = 0  # 0: --keep-going
+
+
+@dataclass(frozen=True)
 class ShardSpec:
     """Everything a worker needs to run one shard, and nothing that needs the driver."""
 
@@ -95,6 +104,7 @@ class ShardSpec:
     entries: tuple[FileEntry, ...]
     check: WorkerCheck | None = None
     limits: Limits = field(default_factory=Limits)
+    stop: StopRules = field(default_factory=StopRules)
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,7 @@ class ShardResult:
     results: tuple[FileResult, ...] = field(default=())
     worker: str = ""
     scratch_shared: bool = True  # False: the tar is on the worker's own disk, to be copied over
+    stopped: str | None = None  # why the worker gave up on the shard (no tar): the run stops
 
     @property
     def files_ok(self) -> int:

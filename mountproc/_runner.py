@@ -18,7 +18,13 @@ from mountproc._cluster.connect import connect
 from mountproc._cluster.placement import crawl_on_cluster
 from mountproc._cluster.stream import TaskStream, WorkerWatch, executor, worker_count
 from mountproc._cluster.transfer import brought
-from mountproc._errors import MountprocError
+from mountproc._errors import (
+    FailureBudgetExceeded,
+    MountprocError,
+    RunInterrupted,
+    StoppedEarly,
+    Terminated,
+)
 from mountproc._job import Job
 from mountproc._listing.sharding import Plan, iter_shards
 from mountproc._listing.stage import list_and_shard, lister
@@ -35,13 +41,26 @@ from mountproc._outputs.resume import (
     write_state,
 )
 from mountproc._outputs.summary import Tally
-from mountproc._records import JobRef, Limits, RunReport, ShardSpec, WorkerCheck
+from mountproc._records import (
+    JobRef,
+    Limits,
+    RunReport,
+    ShardResult,
+    ShardSpec,
+    StopRules,
+    WorkerCheck,
+)
 from mountproc._resolve import ResolvedRun
 from mountproc._shard.worker import run_shard
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[dict[str, Any]], None]
+SAME_FIRST = 50
+"""The run stops when its first this many files all failed the same way..."""
+SAME_FIRST_IN_A_SHARD = 25
+"""...and a worker gives up on its shard when the shard's first files did (two workers stop
+together at 50)."""
 
 
 class Run:
@@ -72,7 +91,7 @@ class Run:
         with ExitStack() as stack:
             plan, entries, client, check = self._prepare(stack, begun, checked)
             try:
-                self._execute(client, self._specs(plan, check, set(begun.finished)))
+                self._execute(client, plan, self._specs(plan, check, set(begun.finished)))
             except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (a subclass)
                 stop = exc
                 log.warning("interrupted: publishing what is complete")
@@ -81,13 +100,17 @@ class Run:
                 log.error("stopping the run: %s", exc)
         within = self.settings.budget.allows(self.tally.failed, plan.files) and stop is None
         summary = self._summary(checked, plan, entries, time.monotonic() - started, within)
-        summary["stopped_by"] = None if stop is None else f"{type(stop).__name__}: {stop}"
+        summary["stopped_by"] = _stopped_by(stop)
         summary["shards_reused"] = len(begun.finished)
         summary.update(self._attempts(started_at, summary["seconds"]))
         self._finish_safely(summary, within, stop)
-        if stop is not None:
+        report = RunReport(summary, within, self.paths.outputs)
+        if isinstance(stop, KeyboardInterrupt):
+            raise RunInterrupted(summary["stopped_by"], report) from None
+        if isinstance(stop, MountprocError):
+            stop.report = report
             raise stop
-        return RunReport(summary, within, self.paths.outputs)
+        return report
 
     def _prepare(
         self, stack: ExitStack, begun: Begun, checked: Preflight
@@ -127,15 +150,46 @@ class Run:
         params_json = self.resolved.params.model_dump_json()
         limits = Limits(self.settings.file_timeout, self.settings.mount_timeout)
         source, work_dir = str(self.resolved.source), str(self.paths.shards)
+        rules = self._stop_rules(plan)
         for index, entries in iter_shards(plan.path):
             if index in done:
                 continue
             name = self.paths.tar_name(index)
             yield ShardSpec(
-                index, self.ref, params_json, source, work_dir, name, entries, check, limits
+                index, self.ref, params_json, source, work_dir, name, entries, check, limits, rules
             )
 
-    def _execute(self, client: Client, specs: Iterator[ShardSpec]) -> None:
+    def _stop_rules(self, plan: Plan) -> StopRules:
+        """When a worker gives up on its shard (none with --keep-going)."""
+        if self.settings.keep_going:
+            return StopRules()
+        return StopRules(self.settings.budget.most(plan.files), SAME_FIRST_IN_A_SHARD)
+
+    def _stop_if_broken(self, plan: Plan, outcome: ShardResult | BaseException) -> None:
+        """Stop the run once failures pass the budget, or when its first files all failed the
+        same way (a broken transform would fail them all), or a worker gave up on its shard."""
+        t, s = self.tally, self.settings
+        if s.keep_going:
+            return
+        most = s.budget.most(plan.files)
+        if t.failed > most:
+            raise FailureBudgetExceeded(
+                f"{t.failed} files failed, more than --max-failures={s.max_failures} allows "
+                f"({most} of {plan.files}): stopped early"
+            )
+        why = None
+        reason = t.broken(SAME_FIRST)
+        if reason is not None:
+            why = f"the first {t.failed} files all failed the same way: {reason}"
+        elif isinstance(outcome, ShardResult) and outcome.stopped:
+            why = f"shard {outcome.index} gave up: {outcome.stopped}"
+        if why is not None:
+            raise StoppedEarly(
+                f"stopped early: {why}; try the transform on those files (mountproc try "
+                f"{self.ref.filename} --failed-in {self.paths.outputs}), or pass --keep-going"
+            )
+
+    def _execute(self, client: Client, plan: Plan, specs: Iterator[ShardSpec]) -> None:
         s = self.settings
         stream = TaskStream(
             client,
@@ -169,6 +223,7 @@ class Run:
                         )
                     )
                     self.progress(self.tally.progress())
+                    self._stop_if_broken(plan, got)
         finally:  # on a stop, cancel the shards in flight while the cluster is still up
             stream.cancel()
 
@@ -221,6 +276,14 @@ class Run:
             if stop is None:
                 raise
             log.error("could not publish the manifest and summary: %s", exc)
+
+
+def _stopped_by(stop: BaseException | None) -> str | None:
+    if stop is None:
+        return None
+    if isinstance(stop, KeyboardInterrupt):
+        return f"interrupted ({'SIGTERM' if isinstance(stop, Terminated) else 'SIGINT'})"
+    return f"{type(stop).__name__}: {stop}"
 
 
 def _utc_now() -> str:

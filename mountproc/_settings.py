@@ -3,6 +3,7 @@ metavar, and whether it is a Valohai parameter; with the failure budget and the 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from fractions import Fraction
@@ -52,10 +53,14 @@ class FailureBudget:
 
     def allows(self, failed: int, total: int) -> bool:
         """True when ``failed`` files out of ``total`` are within the budget."""
+        return failed <= self.most(total)
+
+    def most(self, total: int) -> int:
+        """How many of ``total`` files may fail."""
         if self.count is not None:
-            return failed <= self.count
+            return self.count
         # exact decimal arithmetic: 0.29 * 100 is 28.999999999999996 in floating point
-        return failed <= Fraction(repr(self.fraction or 0.0)) * total
+        return math.floor(Fraction(repr(self.fraction or 0.0)) * total)
 
     def __str__(self) -> str:
         return str(self.count) if self.count is not None else f"{(self.fraction or 0) * 100:g}%"
@@ -193,6 +198,11 @@ class RunSettings(BaseSettings):
         ByteSize(1 << 30),
         "Free space that scratch and outputs must have at the start, e.g. 20GiB (default 1GiB).",
         ge=0,
+    )
+    keep_going: bool = _setting(
+        False,
+        "Process every file however many fail (default: stop once failures pass "
+        "--max-failures, or when the first files all fail the same way).",
     )
     fresh: bool = _setting(False, "Replace earlier results of this job in outputs.")
 

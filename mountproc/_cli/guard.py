@@ -13,14 +13,10 @@ from typing import NoReturn
 
 import click
 
-from mountproc._errors import MountprocError
+from mountproc._errors import MountprocError, Terminated
 from mountproc._mounts.table import left_stuck
 
 log = logging.getLogger("mountproc")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (how Valohai stops an execution), handled like Ctrl-C."""
 
 
 class _SigTerm:

@@ -14,7 +14,7 @@ from mountproc._cli.guard import guarded
 from mountproc._cli.main import main
 from mountproc._cli.options import EXTRA, JobCommand, cli_settings, job_params, run_options
 from mountproc._cli.progress import Progress, final_metrics, summary_table
-from mountproc._errors import FailureBudgetExceeded
+from mountproc._errors import MountprocError, RunInterrupted
 from mountproc._jobfile import job_ref
 
 
@@ -38,9 +38,10 @@ def run(ctx: click.Context, /, job_file: str, **values: Any) -> None:
         progress = Progress(live=sys.stdout.isatty())
         try:
             report = run_job(job, params=params, progress=progress, **cli_settings(values))
-        except FailureBudgetExceeded as exc:
+        except (MountprocError, RunInterrupted) as exc:  # a run that stopped: what it did
             progress.close()
-            _show(exc.report.summary, exc.report.outputs, progress.live)
+            if exc.report is not None:
+                _show(exc.report.summary, exc.report.outputs, progress.live)
             raise
         finally:
             progress.close()

@@ -91,7 +91,7 @@ def brought(
 ) -> ShardResult | BaseException:
     """The outcome with its tar in this machine's scratch: copied from the worker's own disk
     when it does not share scratch; a failed copy fails the shard."""
-    if not isinstance(outcome, ShardResult) or outcome.scratch_shared:
+    if not isinstance(outcome, ShardResult) or outcome.scratch_shared or outcome.stopped:
         return outcome
     local = shards / f"{outcome.tar_name}.{uuid.uuid4().hex[:8]}.copy.partial"
     try:

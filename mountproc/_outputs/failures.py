@@ -3,14 +3,15 @@ out), commonest first, each with its count and an example file."""
 
 from __future__ import annotations
 
-import posixpath
 from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mountproc._outputs.metadata import NOT_PROCESSED
 from mountproc._records import Status
+from mountproc._shard.failures import general
 
 SHOWN_GROUPS = 10
 
@@ -22,16 +23,9 @@ def failure_groups(manifest: Path, limit: int = SHOWN_GROUPS) -> list[dict[str, 
         failed = batch.filter(pc.equal(batch.column("status"), Status.FAILED.value))
         paths, errors = failed.column("path").to_pylist(), failed.column("error").to_pylist()
         for path, error in zip(paths, errors, strict=True):
+            if error == NOT_PROCESSED:  # the run stopped first: no failure of the file's
+                continue
             group = groups.setdefault(general(error or "failed", path), [0, path])
             group[0] += 1
     ordered = sorted(groups.items(), key=lambda item: (-item[1][0], item[0]))[:limit]
     return [{"error": error, "files": n, "example": example} for error, (n, example) in ordered]
-
-
-def general(error: str, path: str) -> str:
-    """``error`` with the file's own path and name replaced by ``<file>``, so that the same
-    failure of many files reads the same."""
-    for name in (repr(path), path, repr(posixpath.basename(path)), posixpath.basename(path)):
-        if name:
-            error = error.replace(name, "<file>")
-    return error

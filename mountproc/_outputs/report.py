@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from mountproc._errors import UsageError
 from mountproc._mounts.dirs import human_bytes
-from mountproc._outputs.failures import general
+from mountproc._outputs.metadata import NOT_PROCESSED
+from mountproc._shard.failures import general
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -51,9 +52,13 @@ def report_lines(outputs_dir: str | Path, job: str | None = None) -> list[str]:
     frame = manifest(outputs_dir, job)
     name = path.name.removesuffix(MANIFEST_SUFFIX)
     lines = [f"job         {name}", *_source(path.with_name(f"{name}-summary.json"))]
-    counts = frame["status"].value_counts()
+    unprocessed = frame["error"] == NOT_PROCESSED
+    counts = frame[~unprocessed]["status"].value_counts()
     statuses = ("ok", "failed", "skipped", "excluded")
-    lines.append("files       " + ", ".join(f"{counts.get(s, 0):,} {s}" for s in statuses))
+    shown = [f"{counts.get(s, 0):,} {s}" for s in statuses]
+    if unprocessed.any():
+        shown.append(f"{int(unprocessed.sum()):,} not processed (the run stopped first)")
+    lines.append("files       " + ", ".join(shown))
     lines += _failures(frame)
     lines += _folders(frame)
     for status in ("skipped", "excluded"):
@@ -75,7 +80,7 @@ def _source(summary: Path) -> list[str]:
 
 
 def _failures(frame: pd.DataFrame) -> list[str]:
-    failed = frame[frame["status"] == "failed"]
+    failed = frame[(frame["status"] == "failed") & (frame["error"] != NOT_PROCESSED)]
     if failed.empty:
         return []
     keys = [general(e or "failed", p) for e, p in zip(failed["error"], failed["path"], strict=True)]

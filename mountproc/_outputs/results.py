@@ -14,6 +14,7 @@ from mountproc._jsonfile import write_json
 from mountproc._outputs import metadata
 from mountproc._outputs.failures import failure_groups
 from mountproc._outputs.layout import METADATA_NAME, RunPaths, record_path, results_path
+from mountproc._outputs.metadata import NOT_PROCESSED
 from mountproc._outputs.publish import publish
 from mountproc._outputs.summary import Tally
 from mountproc._records import FileResult, ShardResult, ShardSpec, Status
@@ -31,6 +32,9 @@ def collect(
     record every file of a shard that failed as a whole."""
     if isinstance(outcome, MountprocError):
         raise outcome  # a broken setup, a worker's mount, a full disk: every shard would fail
+    if isinstance(outcome, ShardResult) and outcome.stopped:
+        _gave_up(paths, spec, outcome, tally)  # the runner stops the run
+        return
     if isinstance(outcome, BaseException):
         reason = f"shard {spec.index} failed: {type(outcome).__name__}: {outcome}".strip()
         log.error("%s", reason)
@@ -46,6 +50,18 @@ def collect(
     tally.records.append(record)
     tally.shards_done += 1
     tally.add(outcome.results)
+
+
+def _gave_up(paths: RunPaths, spec: ShardSpec, outcome: ShardResult, tally: Tally) -> None:
+    """A worker gave up on its shard: keep what it found (the failures and their tracebacks),
+    the rest not processed, no tar."""
+    done = outcome.results
+    rest = tuple(
+        FileResult(e.path, Status.FAILED, NOT_PROCESSED) for e in spec.entries[len(done) :]
+    )
+    metadata.write_results(results_path(paths.results, spec.index), done + rest)
+    tally.shards_failed += 1
+    tally.add(done)
 
 
 def dataset_target(settings: RunSettings) -> metadata.DatasetTarget | None:

@@ -10,6 +10,7 @@ from typing import Any
 from mountproc._listing.sharding import Plan
 from mountproc._outputs.metadata import ShardRecord
 from mountproc._records import FileResult, Status
+from mountproc._shard.failures import general
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Tally:
     skipped: int = 0  # declined by the transform
     excluded: int = 0  # never selected by the listing (patterns, symlinks...): never shards
     records: list[ShardRecord] = field(default_factory=list)
+    first_failures: set[str] = field(default_factory=set)  # reasons, while none succeeded
 
     def reuse(self, finished: Iterable[ShardRecord]) -> None:
         """Count the shards an earlier run of the same command finished."""
@@ -42,8 +44,16 @@ class Tally:
                 self.ok += 1
             elif r.status is Status.FAILED:
                 self.failed += 1
+                if not self.ok + self.skipped:
+                    self.first_failures.add(general(r.error or "failed", r.path))
             else:
                 self.skipped += 1
+
+    def broken(self, first: int) -> str | None:
+        """The one reason the first ``first`` (or more) files all failed for, if they did."""
+        if self.ok + self.skipped or self.failed < first or len(self.first_failures) != 1:
+            return None
+        return next(iter(self.first_failures))
 
     def progress(self) -> dict[str, Any]:
         """The progress event of the counts so far."""

@@ -3,6 +3,7 @@ of an in-memory buffer), and a bounded traceback that keeps the job file's own f
 
 from __future__ import annotations
 
+import posixpath
 import re
 import traceback
 
@@ -39,3 +40,12 @@ def traceback_text(exc: BaseException, job_file: str) -> str:
     text = "".join(summary.format())
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text[-MAX_TRACEBACK_CHARS:]
+
+
+def general(error: str, path: str) -> str:
+    """``error`` with the file's own path and name replaced by ``<file>``, so that the same
+    failure of many files reads the same."""
+    for name in (repr(path), path, repr(posixpath.basename(path)), posixpath.basename(path)):
+        if name:
+            error = error.replace(name, "<file>")
+    return error

@@ -40,7 +40,14 @@ from mountproc._mounts.table import (
     sick_error,
 )
 from mountproc._mounts.workers import check_worker
-from mountproc._records import FileEntry, FileResult, ShardResult, ShardSpec, Status
+from mountproc._records import (
+    FileEntry,
+    FileResult,
+    ShardResult,
+    ShardSpec,
+    Status,
+    StopRules,
+)
 from mountproc._shard import failures, sample
 from mountproc._shard.reading import ReadAhead, SourceRead, read_source
 from mountproc._shard.tar import TarBuilder
@@ -84,6 +91,9 @@ def run_shard(spec: ShardSpec) -> ShardResult:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         ctx = Context(params=params, state=state, shard=spec.index, tmp_dir=tmp_dir)
         results, sha, size, tar_path = _build(job, spec, ctx)
+    except _GiveUp as given_up:  # the tar was dropped: a shard is published whole or not at all
+        return ShardResult(spec.index, "", spec.tar_name, "", 0, tuple(given_up.results),
+                           socket.gethostname(), shared, stopped=given_up.why)  # fmt: skip
     except OSError as exc:
         if exc.errno not in DISK_FULL_ERRNOS:
             raise
@@ -127,12 +137,36 @@ def _build(job: Job, spec: ShardSpec, ctx: Context[Any]) -> tuple[list[FileResul
                     continue
                 with guard.file(notes, pos, entry.path, spec.source_root, spec.limits):
                     results.append(_process(job, spec, entry, next(ahead), ctx, tar))
+                _give_up_if_broken(results, spec.stop)
             sha, size = tar.close()
         done = True
     finally:
         reads.close()
         notes.close(done=done)
     return results, sha, size, tar.path
+
+
+class _GiveUp(Exception):
+    """The shard stops: its transform is broken, or the run is over its failure budget."""
+
+    def __init__(self, why: str, results: list[FileResult]) -> None:
+        super().__init__(why)
+        self.why, self.results = why, results
+
+
+def _give_up_if_broken(results: list[FileResult], rules: StopRules) -> None:
+    """Raise ``_GiveUp`` when more files failed than the whole run may have, or when the
+    shard's first files all failed the same way."""
+    failed = [r for r in results if r.status is Status.FAILED]
+    if rules.max_failed is not None and len(failed) > rules.max_failed:
+        raise _GiveUp(
+            f"{len(failed)} files failed, more than the run may ({rules.max_failed})", results
+        )
+    if rules.same_first and len(results) == rules.same_first == len(failed):
+        reasons = {failures.general(r.error or "failed", r.path) for r in failed}
+        if len(reasons) == 1:
+            why = f"its first {len(failed)} files all failed the same way: {reasons.pop()}"
+            raise _GiveUp(why, results)
 
 
 def _read(path: Path) -> SourceRead:
