@@ -81,7 +81,7 @@ def test_a_given_client_is_used_and_left_open(
 @pytest.mark.cluster
 def test_over_budget_raises_with_the_report(tmp_path: Path, tree: Path, job_file: Path) -> None:
     with pytest.raises(FailureBudgetExceeded, match="1 of 8 files failed") as raised:
-        mountproc.run(job_file, **_settings(tmp_path, tree, max_failures=0))
+        mountproc.run(job_file, **_settings(tmp_path, tree, max_failures=0, keep_going=True))
     report = raised.value.report
     assert isinstance(report, RunReport)
     assert not report.within_budget

@@ -100,7 +100,7 @@ def test_failure_budget_exceeded_registers_no_dataset(
 ) -> None:
     src, _ = hostile_tree
     out = tmp_path / "out"
-    code, _, stderr = _run(src, out, "--max-failures", "1")
+    code, _, stderr = _run(src, out, "--max-failures", "1", "--keep-going")
     assert code == 1
     assert "failed, more than --max-failures=1" in stderr
     assert "Traceback" not in stderr
