@@ -4,6 +4,7 @@ a module once per process, and their one ``Job`` found. A ``Job`` made in Python
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import pickle
 import sys
@@ -133,3 +134,27 @@ def _describe(exc: BaseException, filename: str) -> str:
     if isinstance(exc, JobFileError):  # already says what is wrong; add only where
         return f"{where}{exc}"
     return f"{where}{type(exc).__name__}: {exc}"
+
+
+def code_digest(ref: JobRef) -> str:
+    """The digest of the job's code, comments, docstrings and formatting aside: what a run's
+    outputs depend on (a pickled job: its pickle's)."""
+    if ref.pickled is not None:
+        return ref.digest
+    try:
+        tree = ast.parse(ref.source)
+    except SyntaxError:
+        return ref.digest
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and _is_docstring(body[0]):
+            node.body = body[1:] or [ast.Pass()]  # type: ignore[attr-defined]
+    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+
+
+def _is_docstring(node: ast.stmt) -> bool:
+    return (
+        isinstance(node, ast.Expr)
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    )

@@ -76,7 +76,9 @@ class Run:
     ) -> None:
         self.job, self.ref, self.resolved = job, ref, resolved
         self.settings = resolved.settings
-        self.paths = RunPaths(resolved.outputs, resolved.scratch, job.name)
+        self.paths = RunPaths.of(
+            resolved.outputs, resolved.scratch, job.name, self.settings.test_mode
+        )
         self.given_client = client
         self.progress = progress or (lambda event: None)
         self.tally = Tally()

@@ -1,7 +1,8 @@
 """The on-disk layout of a run, owned here alone: its working area in scratch and the names it
 publishes in outputs.
 
-    <scratch>/<job>/                    RunPaths.root: the run's working area
+    <scratch>/<job>/                    RunPaths.root: the run's working area (a test-mode
+                                        run's: <scratch>/<job>.test-mode/)
         run.json                        what decides the shards and their bytes (resume)
         .mountproc-token                a worker that reads it shares this scratch
         listing.parquet                 every listed entry, in listing order
@@ -18,6 +19,7 @@ publishes in outputs.
         <job>-summary.json              what the run did
         <job>-wids-index.json           a wids shard index of the tars
         valohai.metadata.jsonl          one line per published file
+        test-mode/                      a test-mode run's outputs, laid out the same way
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 METADATA_NAME = "valohai.metadata.jsonl"
 STATE_NAME = "run.json"
 TOKEN_NAME = ".mountproc-token"
+TEST_MODE_DIR = "test-mode"
 
 
 def results_path(directory: Path, shard: int) -> Path:
@@ -47,11 +50,18 @@ class RunPaths:
     outputs: Path
     scratch: Path
     job: str
+    test_mode: bool = False  # a state of its own: test and full runs do not resume each other
+
+    @classmethod
+    def of(cls, outputs: Path, scratch: Path, job: str, test_mode: bool) -> RunPaths:
+        """A run's paths: a test-mode run publishes into ``<outputs>/test-mode/``, beside a full
+        run's outputs, which it never touches."""
+        return cls(outputs / TEST_MODE_DIR if test_mode else outputs, scratch, job, test_mode)
 
     @property
     def root(self) -> Path:
         """The run's working area."""
-        return self.scratch / self.job
+        return self.scratch / (f"{self.job}.test-mode" if self.test_mode else self.job)
 
     @property
     def shards(self) -> Path:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from mountproc import __version__
 from mountproc._errors import OutputsNotEmptyError
+from mountproc._jobfile import code_digest
 from mountproc._jsonfile import write_json
 from mountproc._listing.sharding import Plan
 from mountproc._mounts.table import show
@@ -55,29 +57,43 @@ def write_state(root: Path, state: dict[str, Any]) -> None:
     write_json(root / STATE_NAME, state)
 
 
-def identity(
-    job_digest: str,
-    params: dict[str, Any],
-    source: Path,
-    shard_bounds: tuple[int, int],
-    test_size: int | None,
-) -> dict[str, Any]:
+def identity(run: ResolvedRun, code_digest: str) -> dict[str, Any]:
     """What decides a run's shards and the bytes of its tars: two runs with the same identity
-    produce the same outputs, so one may finish the other's work."""
+    produce the same outputs, so one may finish the other's work. The job's code counts, not
+    its comments or formatting; the source by its real path."""
+    s = run.settings
     return {
-        "job_digest": job_digest,
-        "params": params,
-        "source": str(source),
-        "shard_max_files": shard_bounds[0],
-        "shard_max_bytes": shard_bounds[1],
-        "test_size": test_size,  # None: not in test mode
+        "job_code": code_digest,
+        "params": run.params.model_dump(mode="json"),
+        "source": os.path.realpath(run.source),
+        "shard_max_files": s.shard_max_files,
+        "shard_max_bytes": int(s.shard_max_bytes),
+        "test_size": s.test_size if s.test_mode else None,  # None: not in test mode
         "mountproc": __version__,
     }
 
 
-def changed(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The names of the identity fields that differ."""
-    return sorted(k for k in current if saved.get(k) != current[k])
+def changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs, as ``name: old -> new`` (parameters by name, settings by flag)."""
+    out = []
+    for key, now in current.items():
+        before = saved.get(key)
+        if before == now:
+            continue
+        if key == "params" and isinstance(before, dict):
+            names = sorted(set(before) | set(now))
+            out += [
+                f"{n}: {before.get(n)!r} -> {now.get(n)!r}"
+                for n in names
+                if before.get(n) != now.get(n)
+            ]
+        elif key == "job_code":
+            out.append("the job file's code (comments and formatting aside)")
+        elif key == "mountproc":
+            out.append(f"mountproc: {before} -> {now}")
+        else:
+            out.append(f"--{key.replace('_', '-')}: {before} -> {now}")
+    return out
 
 
 def sha256_file(path: Path) -> str:
@@ -136,13 +152,7 @@ def begin(paths: RunPaths, run: ResolvedRun, ref: JobRef) -> Begun:
     """Resume when scratch holds an earlier run of the same command; else start afresh, which
     needs --fresh when outputs already hold results of this job."""
     s = run.settings
-    current = identity(
-        ref.digest,
-        run.params.model_dump(mode="json"),
-        run.source,
-        (s.shard_max_files, int(s.shard_max_bytes)),
-        s.test_size if s.test_mode else None,
-    )
+    current = identity(run, code_digest(ref))
     previous = paths.previous_outputs()
     saved = read_state(paths.root) or {}
     if not s.fresh and saved.get("identity") == current:
@@ -164,7 +174,7 @@ def begin(paths: RunPaths, run: ResolvedRun, ref: JobRef) -> Begun:
 def _other_run(saved: dict[str, Any], current: dict[str, Any]) -> str:
     if "identity" not in saved:
         return "a run this scratch directory has no record of"
-    return f"a run with other settings ({', '.join(changed(saved['identity'], current))})"
+    return f"a run with other settings ({'; '.join(changes(saved['identity'], current))})"
 
 
 def _resume(paths: RunPaths, saved: dict[str, Any], previous: list[Path]) -> Begun:

@@ -117,6 +117,8 @@ def test_test_mode_spreads_over_directories_and_publishes_no_dataset(tmp_path: P
     out = tmp_path / "out"
     code, stdout, stderr = _run(src, out, "--test-mode", "--test-size", "5")
     assert code == 0, stderr
+    assert sorted(p.name for p in out.iterdir()) == ["test-mode"]  # beside a full run's outputs
+    out = out / "test-mode"
     ok = [r for r in read_manifest(out) if r["status"] == "ok"]
     assert len(ok) == 5
     assert len({r["path"].rsplit("/", 1)[0] for r in ok}) == 5
@@ -167,7 +169,7 @@ def test_rerun_with_other_settings_needs_fresh(tmp_path: Path) -> None:
     assert _run(src, out)[0] == 0
     code, _, stderr = _run(src, out, "--shard-max-files", "5")
     assert code == 2
-    assert "from a run with other settings (shard_max_files)" in stderr
+    assert "from a run with other settings (--shard-max-files: 1000 -> 5)" in stderr
     assert "--fresh" in stderr
     assert "Traceback" not in stderr
     assert _run(src, out, "--shard-max-files", "5", "--fresh")[0] == 0

@@ -193,6 +193,7 @@ def test_test_mode_outputs_verify(tmp_path: Path) -> None:
         "--shard-max-files", "2", cwd=tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
+    out = out / "test-mode"  # a self-contained outputs directory of its own
     assert not any("valohai.dataset-versions" in m["metadata"] for m in read_metadata(out))
     code, lines, stderr = verify(out)
     assert code == 0, stderr
