@@ -7,7 +7,8 @@
     │   │   └── JobSetupError .... the job's per-worker setup raised
     │   ├── MountError ........... the mount preflight failed for a path
     │   │   └── WorkerMountError . a worker sees the source differently from this machine
-    │   └── OutputsNotEmptyError . outputs already hold results of this job
+    │   ├── OutputsNotEmptyError . outputs already hold results of this job
+    │   └── RunLockedError ....... another run of this job into these outputs is running
     ├── FailureBudgetExceeded (1)  more files failed than --max-failures allows
     ├── StoppedEarly (1) ......... the first files all failed the same way: the transform is broken
     ├── FilesFailed (1) .......... mountproc try: some of the files tried failed
@@ -65,6 +66,10 @@ class WorkerMountError(MountError):
 
 class OutputsNotEmptyError(UsageError):
     """The outputs directory already holds results of this job."""
+
+
+class RunLockedError(UsageError):
+    """Another run of the same job into the same outputs is running."""
 
 
 class FailureBudgetExceeded(MountprocError):

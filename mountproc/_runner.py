@@ -31,6 +31,7 @@ from mountproc._listing.stage import list_and_shard, lister
 from mountproc._mounts.preflight import Preflight, preflight
 from mountproc._mounts.sourcewatch import SourceWatch
 from mountproc._outputs.layout import RunPaths
+from mountproc._outputs.lock import lock_path, run_lock
 from mountproc._outputs.publish import disk_full_is_an_error
 from mountproc._outputs.results import collect, dataset_target, finish
 from mountproc._outputs.resume import (
@@ -88,6 +89,14 @@ class Run:
         SIGTERM or a failing environment still publishes what is complete, then raises."""
         started, started_at = time.monotonic(), _utc_now()
         checked = preflight(self.resolved, self.job.readonly)
+        mode = "test-mode run" if self.settings.test_mode else "run"
+        what = f"{mode} of job {self.job.name} into {self.resolved.outputs}"
+        path = lock_path(self.resolved.outputs, self.job.name, self.settings.test_mode)
+        with run_lock(path, what):
+            return self._locked(checked, started, started_at)
+
+    def _locked(self, checked: Preflight, started: float, started_at: str) -> RunReport:
+        """The run, once it holds the lock of its job and outputs."""
         begun = begin(self.paths, self.resolved, self.ref)
         stop: BaseException | None = None
         with ExitStack() as stack:
