@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def test_signal_mid_run_stops_cleanly(tmp_path: Path, sig: signal.Signals, code:
             time.sleep(0.05)
         proc.send_signal(sig)
         sent = time.monotonic()
-        _, stderr = proc.communicate(timeout=60)
+        stdout, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -75,6 +76,12 @@ def test_signal_mid_run_stops_cleanly(tmp_path: Path, sig: signal.Signals, code:
     assert proc.returncode == code, stderr
     assert time.monotonic() - sent < 30
     assert "Traceback" not in stderr
+    assert "Traceback" not in stdout
+    # the summary table is still printed, saying which signal stopped the run
+    name = "SIGINT" if sig == signal.SIGINT else "SIGTERM"
+    assert f"\nstopped by  interrupted ({name})" in stdout
+    summary = json.loads((out / "slow-summary.json").read_text())
+    assert summary["stopped_by"] == f"interrupted ({name})"
     tars = sorted(p.name for p in out.glob("slow-*.tar"))
     assert 1 <= len(tars) < 20
     assert not [p for p in out.iterdir() if p.name.endswith((".partial", ".tmp"))]
