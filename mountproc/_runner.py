@@ -26,8 +26,9 @@ from mountproc._errors import (
     Terminated,
 )
 from mountproc._job import Job
+from mountproc._listing.drift import drift
 from mountproc._listing.sharding import Plan, iter_shards
-from mountproc._listing.stage import list_and_shard, lister
+from mountproc._listing.stage import list_and_shard, list_source, lister
 from mountproc._mounts.preflight import Preflight, preflight
 from mountproc._mounts.sourcewatch import SourceWatch
 from mountproc._outputs.layout import RunPaths
@@ -111,6 +112,7 @@ class Run:
                 log.error("stopping the run: %s", exc)
         within = self.settings.budget.allows(self.tally.failed, plan.files) and stop is None
         summary = self._summary(checked, plan, entries, time.monotonic() - started, within)
+        summary["source_changed"] = self._drift(checked) if begun.plan and stop is None else None
         summary["stopped_by"] = _stopped_by(stop)
         summary["shards_reused"] = len(begun.finished)
         summary.update(self._attempts(started_at, summary["seconds"]))
@@ -199,6 +201,26 @@ class Run:
                 f"stopped early: {why}; try the transform on those files (mountproc try "
                 f"{self.ref.filename} --failed-in {self.paths.outputs}), or pass --keep-going"
             )
+
+    def _drift(self, checked: Preflight) -> dict[str, int] | None:
+        """On a resumed run: what changed in the source since the listing it resumed (a fresh
+        listing compared with it); a warning says what to do."""
+        if self.settings.test_mode:
+            return None
+        fresh = self.paths.root / "relisting.parquet"
+        list_source(
+            self.job, self.resolved, fresh, partial(lister, self.resolved, checked.mount, None)
+        )
+        changes = drift(self.paths.listing, fresh)
+        fresh.unlink()
+        if any(changes.values()):
+            log.warning(
+                "the source changed since this run's listing: %(added)d file(s) added, "
+                "%(removed)d removed, %(changed)d changed; they are not in these outputs "
+                "(run again with --fresh to include them)",
+                changes,
+            )
+        return changes
 
     def _execute(self, client: Client, plan: Plan, specs: Iterator[ShardSpec]) -> None:
         s = self.settings

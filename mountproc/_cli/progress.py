@@ -116,6 +116,13 @@ def summary_table(summary: dict[str, Any], outputs: Path) -> list[str]:
     ]
     if s.get("stopped_by"):
         rows.append(("stopped by", s["stopped_by"]))
+    drift = s.get("source_changed") or {}
+    if any(drift.values()):
+        rows.append((
+            "source",
+            f"changed since the listing: {drift['added']:,} added, {drift['removed']:,} removed, "
+            f"{drift['changed']:,} changed (not in these outputs: --fresh includes them)",
+        ))  # fmt: skip
     rows += _failure_rows(s, outputs)
     return [f"{key:<12}{value}" for key, value in rows]
 

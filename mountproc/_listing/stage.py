@@ -31,7 +31,7 @@ def list_and_shard(
 ) -> tuple[Plan, int]:
     """List the source into ``listing`` and shard it into ``plan_path``; return the plan and
     the number of entries listed (``run`` and ``plan`` share this)."""
-    stats = _list(job, run, listing, lister)
+    stats = list_source(job, run, listing, lister)
     bounds = ShardBounds(run.settings.shard_max_files, int(run.settings.shard_max_bytes))
     plan = write_plan(listing, plan_path, bounds)
     log.info("%d files (%d bytes) in %d shard(s)", plan.files, plan.bytes, plan.shards)
@@ -49,7 +49,7 @@ def job_patterns(job: Job) -> Patterns:
     return Patterns(job.include, job.exclude, DEFAULT_EXCLUDES if job.default_excludes else ())
 
 
-def _list(job: Job, run: ResolvedRun, listing: Path, lister: Lister) -> ListingStats:
+def list_source(job: Job, run: ResolvedRun, listing: Path, lister: Lister) -> ListingStats:
     """List the source: in test mode only the subset, found without listing the whole tree."""
     patterns = job_patterns(job)
     s = run.settings

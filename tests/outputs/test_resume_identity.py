@@ -81,3 +81,27 @@ def test_comments_formatting_and_the_sources_spelling_are_no_change(
     assert code == 2
     assert "the job file's code" not in stderr  # formatting only: the parameter is the change
     assert "size: 224 -> 100" in stderr
+
+
+def test_a_rerun_notices_files_added_removed_and_changed(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _run(RESIZE_JOB, tree, out)[0] == 0
+    jpegs = sorted(tree.rglob("*.jpg"))
+    for name in ("new-1.jpg", "new-2.jpg"):
+        shutil.copyfile(jpegs[0], jpegs[0].parent / name)
+    jpegs[1].unlink()
+    jpegs[2].write_bytes(jpegs[2].read_bytes() + b"\0")
+    code, stderr = _run(RESIZE_JOB, tree, out)
+    assert code == 0, stderr
+    assert _summary(out)["source_changed"] == {"added": 2, "removed": 1, "changed": 1}
+    assert "2 file(s) added, 1 removed, 1 changed; they are not in these outputs" in stderr
+    assert "--fresh" in stderr
+
+
+def test_a_rerun_of_an_unchanged_source_says_nothing_changed(tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert _run(RESIZE_JOB, tree, out)[0] == 0
+    code, stderr = _run(RESIZE_JOB, tree, out)
+    assert code == 0, stderr
+    assert _summary(out)["source_changed"] == {"added": 0, "removed": 0, "changed": 0}
+    assert "changed since" not in stderr
