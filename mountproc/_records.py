@@ -7,6 +7,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+NOT_PROCESSED = "not processed: the run ended before this shard finished"
+"""The reason of a selected file that no shard processed (the run stopped first)."""
+
 
 class Status(str, Enum):
     """What happened to one listed entry."""

@@ -9,8 +9,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mountproc._outputs.metadata import NOT_PROCESSED
-from mountproc._records import Status
+from mountproc._records import NOT_PROCESSED, Status
 from mountproc._shard.failures import general
 
 SHOWN_GROUPS = 10

@@ -16,9 +16,7 @@ import pyarrow.parquet as pq
 from mountproc._jsonfile import write_json
 from mountproc._listing.sharding import PLAN_SCHEMA
 from mountproc._outputs.layout import results_path
-from mountproc._records import FileResult, ShardResult, Status
-
-NOT_PROCESSED = "not processed: the run ended before this shard finished"
+from mountproc._records import NOT_PROCESSED, FileResult, ShardResult, Status
 
 RESULTS_SCHEMA = pa.schema(
     [

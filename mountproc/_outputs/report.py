@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from mountproc._errors import UsageError
 from mountproc._mounts.dirs import human_bytes
-from mountproc._outputs.metadata import NOT_PROCESSED
+from mountproc._records import NOT_PROCESSED
 from mountproc._shard.failures import general
 
 if TYPE_CHECKING:

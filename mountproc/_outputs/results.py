@@ -14,10 +14,9 @@ from mountproc._jsonfile import write_json
 from mountproc._outputs import metadata
 from mountproc._outputs.failures import failure_groups
 from mountproc._outputs.layout import METADATA_NAME, RunPaths, record_path, results_path
-from mountproc._outputs.metadata import NOT_PROCESSED
 from mountproc._outputs.publish import publish
 from mountproc._outputs.summary import Tally
-from mountproc._records import FileResult, ShardResult, ShardSpec, Status
+from mountproc._records import NOT_PROCESSED, FileResult, ShardResult, ShardSpec, Status
 from mountproc._settings import RunSettings
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from helpers.pinned import JOB, PINNED, make_tree
 import mountproc
 from mountproc import FailureBudgetExceeded
 from mountproc._demo_data import make_demo_tree
-from mountproc._outputs.metadata import NOT_PROCESSED
+from mountproc._records import NOT_PROCESSED
 
 BROKEN_JOB = """\
 from mountproc import Job

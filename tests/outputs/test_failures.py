@@ -41,7 +41,7 @@ def failing_run(tmp_path: Path) -> tuple[Path, Path, Any]:
     job = tmp_path / "labels.py"
     job.write_text(HELPER_JOB)
     with pytest.raises(FailureBudgetExceeded) as raised:
-        mountproc.run(job, source=src, outputs=out, workers=1, shard_max_files=4)
+        mountproc.run(job, source=src, outputs=out, workers=1, shard_max_files=4, keep_going=True)
     return job, out, raised.value
 
 

@@ -15,7 +15,6 @@ from mountproc._listing.listing import Patterns, write_listing
 from mountproc._listing.sharding import ShardBounds, iter_shards, write_plan
 from mountproc._outputs.metadata import (
     MANIFEST_SCHEMA,
-    NOT_PROCESSED,
     DatasetTarget,
     ShardRecord,
     metadata_lines,
@@ -26,7 +25,7 @@ from mountproc._outputs.metadata import (
     write_record,
     write_results,
 )
-from mountproc._records import FileEntry, FileResult, ShardResult, Status
+from mountproc._records import NOT_PROCESSED, FileEntry, FileResult, ShardResult, Status
 
 UNDECODABLE = os.fsdecode(b"c/caf\xe9.txt")
 
