@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import datetime, timezone
@@ -15,6 +16,7 @@ from typing import Any
 from mountproc import __version__
 from mountproc._cluster.client import Client
 from mountproc._cluster.connect import connect
+from mountproc._cluster.feed import Feed, reporting
 from mountproc._cluster.placement import crawl_on_cluster
 from mountproc._cluster.stream import TaskStream, WorkerWatch, executor, worker_count
 from mountproc._cluster.transfer import brought
@@ -84,6 +86,8 @@ class Run:
         self.given_client = client
         self.progress = progress or (lambda event: None)
         self.tally = Tally()
+        self._feed: Feed | None = None
+        self._emitting = threading.Lock()
 
     def execute(self) -> RunReport:
         """Run the job; per-file failures are counted, never raised. A run stopped by Ctrl-C,
@@ -224,16 +228,18 @@ class Run:
 
     def _execute(self, client: Client, plan: Plan, specs: Iterator[ShardSpec]) -> None:
         s = self.settings
+        topic = f"mountproc-progress-{uuid.uuid4().hex}"
+        self._feed = Feed(client, topic, self._emit)
         stream = TaskStream(
             client,
-            run_shard,
+            reporting(run_shard, topic),
             specs,
             key=lambda spec: (
                 f"mountproc-{spec.tar_name.removesuffix('.tar')}-{spec.job.digest[:8]}"
             ),
             window=2 * max(1, worker_count(client)) * s.threads_per_worker,
         )
-        self.progress(self.tally.progress())  # the starting point: what earlier runs already did
+        self._emit()  # the starting point: what earlier runs already did
         try:
             with (
                 SourceWatch(
@@ -244,21 +250,32 @@ class Run:
                 for spec, outcome, worker in stream:
                     watch.check()
                     workers.check()
-                    # a copy may take long: Ctrl-C interrupts it (the shard is redone on a rerun)
-                    got = disk_full_is_an_error(
-                        partial(brought, client, self.paths.shards, outcome, worker)
-                    )
-                    # a tar is published together with its record, or not at all
-                    _shielded(
-                        partial(
-                            disk_full_is_an_error,
-                            partial(collect, self.paths, spec, got, self.tally),
-                        )
-                    )
-                    self.progress(self.tally.progress())
-                    self._stop_if_broken(plan, got)
+                    self._collect(client, spec, outcome, worker)
+                    self._emit()
+                    self._stop_if_broken(plan, outcome)
         finally:  # on a stop, cancel the shards in flight while the cluster is still up
             stream.cancel()
+            self._feed.close()
+            self._feed = None
+
+    def _collect(
+        self, client: Client, spec: ShardSpec, outcome: ShardResult | BaseException, worker: str
+    ) -> None:
+        """Bring the shard's tar here if need be, then publish it with its record."""
+        # a copy may take long: Ctrl-C interrupts it (the shard is redone on a rerun)
+        got = disk_full_is_an_error(partial(brought, client, self.paths.shards, outcome, worker))
+        if self._feed is not None:
+            self._feed.finished(spec.index)  # its results replace its reports
+        # a tar is published together with its record, or not at all
+        publish = partial(collect, self.paths, spec, got, self.tally)
+        _shielded(partial(disk_full_is_an_error, publish))
+
+    def _emit(self) -> None:
+        """A progress event: finished shards' counts and the files done in those in flight
+        (called from the workers' reports, on the client's event loop, too)."""
+        with self._emitting:
+            flight = self._feed.in_flight() if self._feed is not None else None
+            self.progress(self.tally.progress(flight))
 
     def _attempts(self, started_at: str, seconds: float) -> dict[str, Any]:
         """This attempt's times, and the attempts and seconds of the run so far (a resumed run

@@ -96,3 +96,34 @@ def test_a_wrong_setting_is_an_error_before_any_work(tmp_path: Path, tree: Path)
         mountproc.run(in_python, **_settings(tmp_path, tree, no_such_setting=1))
     assert not (tmp_path / "out").exists()
     assert not (tmp_path / "scratch").exists()
+
+
+SLOW_JOB = """\
+import time
+from mountproc import Job
+
+job = Job(name="slow")
+
+
+@job.transform
+def transform(src, ctx):
+    time.sleep(0.15)
+    return {"txt": src.read_bytes()}
+"""
+
+
+@pytest.mark.cluster
+def test_progress_advances_per_file_not_per_shard(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i:02d}.txt").write_text(str(i))
+    job = tmp_path / "slow.py"
+    job.write_text(SLOW_JOB)
+    events: list[dict[str, Any]] = []
+    mountproc.run(job, source=src, outputs=tmp_path / "out", workers=1, progress=events.append)
+    within = [e["files_done"] for e in events if e["shards_done"] == 0]
+    assert any(0 < done < 20 for done in within), events  # the one shard, seen mid-way
+    done = [e["files_done"] for e in events]
+    assert done == sorted(done)
+    assert events[-1]["files_done"] == events[-1]["files_ok"] == 20

@@ -55,15 +55,18 @@ class Tally:
             return None
         return next(iter(self.first_failures))
 
-    def progress(self) -> dict[str, Any]:
-        """The progress event of the counts so far."""
+    def progress(self, in_flight: dict[str, int] | None = None) -> dict[str, Any]:
+        """The progress event of the counts so far, with the files done by the shards still in
+        flight (by status) when given."""
+        more = in_flight or {}
+        ok, failed, skipped = (more.get(k, 0) for k in ("ok", "failed", "skipped"))
         return {
             "shards_done": self.shards_done + self.shards_failed,
             "shards_total": self.shards_total,
-            "files_done": self.ok + self.failed + self.skipped,
-            "files_ok": self.ok,
-            "files_failed": self.failed,
-            "files_skipped": self.skipped,
+            "files_done": self.ok + self.failed + self.skipped + ok + failed + skipped,
+            "files_ok": self.ok + ok,
+            "files_failed": self.failed + failed,
+            "files_skipped": self.skipped + skipped,
             "files_total": self.files_total,
         }
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
@@ -55,6 +56,8 @@ from mountproc._shard.watchdog import ShardNotes, watchdog
 
 log = logging.getLogger(__name__)
 
+PROGRESS_EVERY_S = 0.5
+Report = Callable[[dict[str, int]], None]
 READ_ATTEMPTS = 3
 """Attempts at a file whose mount answers with ENOTCONN, ESTALE, EIO...: reopening the path
 gets past a failover or a transient handle error."""
@@ -79,8 +82,10 @@ def _worker_name() -> str:
     return f"{socket.gethostname()} (pid {os.getpid()})"
 
 
-def run_shard(spec: ShardSpec) -> ShardResult:
-    """Process every file of ``spec`` and return the finished tar's facts and per-file results."""
+def run_shard(spec: ShardSpec, progress: Report | None = None) -> ShardResult:
+    """Process every file of ``spec`` and return the finished tar's facts and per-file results;
+    ``progress`` (if given) is told the shard's counts as it goes, at most every
+    ``PROGRESS_EVERY_S``."""
     shared = _check_once(spec)
     job = load_job(spec.job)
     params = job.params.model_validate_json(spec.params_json)
@@ -90,7 +95,7 @@ def run_shard(spec: ShardSpec) -> ShardResult:
     try:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         ctx = Context(params=params, state=state, shard=spec.index, tmp_dir=tmp_dir)
-        results, sha, size, tar_path = _build(job, spec, ctx)
+        results, sha, size, tar_path = _build(job, spec, ctx, _Ticker(spec.index, progress))
     except _GiveUp as given_up:  # the tar was dropped: a shard is published whole or not at all
         return ShardResult(spec.index, "", spec.tar_name, "", 0, tuple(given_up.results),
                            socket.gethostname(), shared, stopped=given_up.why)  # fmt: skip
@@ -116,7 +121,9 @@ def run_shard(spec: ShardSpec) -> ShardResult:
     )
 
 
-def _build(job: Job, spec: ShardSpec, ctx: Context[Any]) -> tuple[list[FileResult], str, int, Path]:
+def _build(
+    job: Job, spec: ShardSpec, ctx: Context[Any], ticker: _Ticker
+) -> tuple[list[FileResult], str, int, Path]:
     """Run every file into the shard's tar; files condemned by earlier attempts fail at once
     (and are not read: reading may be what hung)."""
     notes = ShardNotes(Path(spec.work_dir), spec.index)
@@ -137,6 +144,7 @@ def _build(job: Job, spec: ShardSpec, ctx: Context[Any]) -> tuple[list[FileResul
                     continue
                 with guard.file(notes, pos, entry.path, spec.source_root, spec.limits):
                     results.append(_process(job, spec, entry, next(ahead), ctx, tar))
+                ticker.tick(results)
                 _give_up_if_broken(results, spec.stop)
             sha, size = tar.close()
         done = True
@@ -144,6 +152,23 @@ def _build(job: Job, spec: ShardSpec, ctx: Context[Any]) -> tuple[list[FileResul
         reads.close()
         notes.close(done=done)
     return results, sha, size, tar.path
+
+
+class _Ticker:
+    """Tells ``report`` a shard's counts so far, at most every ``PROGRESS_EVERY_S``."""
+
+    def __init__(self, shard: int, report: Report | None) -> None:
+        self.shard, self.report, self.last = shard, report, time.monotonic()
+
+    def tick(self, results: list[FileResult]) -> None:
+        now = time.monotonic()
+        if self.report is None or now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        counts = {status.value: 0 for status in (Status.OK, Status.FAILED, Status.SKIPPED)}
+        for r in results:
+            counts[r.status.value] += 1
+        self.report({"shard": self.shard, **counts})
 
 
 class _GiveUp(Exception):

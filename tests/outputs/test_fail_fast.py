@@ -109,3 +109,18 @@ def test_test_mode_says_what_a_full_run_would_do(tmp_path: Path) -> None:
     message = str(raised.value)
     assert "a full run would fail the same way" in message
     assert "dataset" not in message
+
+
+@pytest.mark.cluster
+def test_a_transform_returning_bytes_stops_early_and_publishes_no_tar(tmp_path: Path) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    make_demo_tree(src, count=60, size=(64, 48))
+    job = tmp_path / "bytes.py"
+    job.write_text(BROKEN_JOB.replace('{"txt": label_of(src).encode()}', 'b"not a mapping"'))
+    with pytest.raises(mountproc.StoppedEarly) as raised:
+        mountproc.run(job, source=src, outputs=out, workers=1, max_failures="100%")
+    assert "TypeError: transform must return a mapping of suffix to content, not bytes" in str(
+        raised.value
+    )
+    assert not list(out.glob("*.tar"))  # no empty tar published
+    assert raised.value.report.summary["files_failed"] <= 25
