@@ -56,6 +56,8 @@ def test_json_metric_lines_when_stdout_is_not_a_terminal(tmp_path: Path, tree: P
     assert last["eta_s"] == 0
     final = objects[-1]  # the summary's metrics, for Valohai's charts
     assert final["files_ok"] == summary["files_ok"]
+    # skipped means one thing: the progress lines, the last metrics and the summary agree
+    assert last["files_skipped"] == final["files_skipped"] == summary["files_skipped"]
     # the table, after the metric lines: the run, then its commonest failures and where more is
     lines = proc.stdout.splitlines()
     table = lines[lines.index("job         resize-images") :]
