@@ -10,7 +10,7 @@ import click
 
 from mountproc._cli.guard import guarded
 from mountproc._cli.main import main
-from mountproc._cli.options import EXTRA, job_params
+from mountproc._cli.options import EXTRA, job_params, param_option
 from mountproc._errors import FilesFailed, UsageError
 from mountproc._jobfile import job_ref
 
@@ -23,14 +23,7 @@ from mountproc._jobfile import job_ref
     "--limit", type=click.IntRange(1), default=10, show_default=True, help="Files replayed."
 )
 @click.option("--source", metavar="DIR", help="The source the replayed files are under.")
-@click.option(
-    "--param",
-    "-p",
-    "param_pairs",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="A job parameter (repeatable); --NAME=VALUE works too.",
-)
+@param_option
 @click.pass_context
 def try_(ctx: click.Context, /, job_file: str, paths: tuple[str, ...], **values: Any) -> None:
     """Run JOB_FILE's setup and transform on PATHS here, publishing nothing.
