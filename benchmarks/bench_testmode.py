@@ -77,7 +77,7 @@ def _mountproc(source: Path, runs: Path, i: int) -> Callable[[], object]:
 def _check_outputs(runs: Path) -> int:
     """Every repeat processed the same files: the size of the subset, all ok."""
     counts = set()
-    for summary in sorted(runs.glob("r*/out/copy-files-summary.json")):
+    for summary in sorted(runs.glob("r*/out/test-mode/copy-files-summary.json")):
         data = json.loads(summary.read_text())
         counts.add((int(data["files_ok"]), int(data["files_failed"])))
     if len(counts) != 1 or next(iter(counts))[1] != 0:
