@@ -33,6 +33,7 @@ from mountproc._listing.sharding import Plan, iter_shards
 from mountproc._listing.stage import list_and_shard, list_source, lister
 from mountproc._mounts.preflight import Preflight, preflight
 from mountproc._mounts.sourcewatch import SourceWatch
+from mountproc._outputs import metadata_file
 from mountproc._outputs.layout import RunPaths
 from mountproc._outputs.lock import lock_path, run_lock
 from mountproc._outputs.publish import disk_full_is_an_error
@@ -145,6 +146,8 @@ class Run:
         if client is None or check is None:
             client, check = self._connect(stack, checked)
         remove_published(begun.replaced)
+        if begun.replaced:  # their lines go with them; every other line stays
+            metadata_file.update(self.paths.outputs, self.paths.root, self.paths.owns, [])
         self.paths.outputs.mkdir(parents=True, exist_ok=True)
         return plan, entries, client, check
 

@@ -24,6 +24,7 @@ publishes in outputs.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,13 +113,15 @@ class RunPaths:
         """The name of shard ``index``'s tar."""
         return f"{self.tar_prefix}{index:06d}.tar"
 
+    def owns(self, name: str) -> bool:
+        """Whether ``name`` (in outputs) is a file this job publishes: its tars, manifest,
+        summary and index; not ``valohai.metadata.jsonl``, which every writer shares."""
+        if name in (self.manifest, self.summary, self.index):
+            return True
+        return re.fullmatch(rf"{re.escape(self.job)}-\d{{6}}\.tar", name) is not None
+
     def previous_outputs(self) -> list[Path]:
         """Files in outputs that an earlier run of this job published."""
         if not self.outputs.is_dir():
             return []
-        names = {self.manifest, self.summary, self.index, METADATA_NAME}
-        return sorted(
-            p
-            for p in self.outputs.iterdir()
-            if p.name in names or (p.name.startswith(self.tar_prefix) and p.name.endswith(".tar"))
-        )
+        return sorted(p for p in self.outputs.iterdir() if self.owns(p.name))

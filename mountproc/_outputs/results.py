@@ -11,9 +11,9 @@ from typing import Any
 
 from mountproc._errors import MountprocError
 from mountproc._jsonfile import write_json
-from mountproc._outputs import metadata
+from mountproc._outputs import metadata, metadata_file
 from mountproc._outputs.failures import failure_groups
-from mountproc._outputs.layout import METADATA_NAME, RunPaths, record_path, results_path
+from mountproc._outputs.layout import RunPaths, record_path, results_path
 from mountproc._outputs.publish import publish
 from mountproc._outputs.summary import Tally
 from mountproc._records import NOT_PROCESSED, FileResult, ShardResult, ShardSpec, Status
@@ -100,6 +100,4 @@ def finish(
         [TEST_MODE_TAG] if test_mode else [],
         {"mountproc.job": paths.job, "source": summary["source"]},
     )
-    meta = paths.root / METADATA_NAME
-    meta.write_text("".join(line + "\n" for line in lines))
-    publish(meta, paths.outputs / METADATA_NAME)
+    metadata_file.update(paths.outputs, paths.root, paths.owns, lines)

@@ -100,11 +100,12 @@ def verify_outputs(directory: Path) -> Iterator[Verdict]:
     if not directory.is_dir():
         what = "is not a directory" if directory.exists() else "does not exist"
         raise UsageError(f"outputs directory {directory} {what}")
-    listed, jobs = read_metadata(directory)
+    listed, jobs, foreign = read_metadata(directory)
     expected: dict[str, Expected] = {}
     for job in sorted(jobs):
         expected.update(read_manifest(directory / f"{job}-manifest.parquet"))
     present = {p.name for p in directory.iterdir() if p.name.endswith(".tar") and p.is_file()}
+    present -= foreign  # another writer's tars: theirs to check
     for name in sorted(present | set(listed) | set(expected)):
         if name not in present:
             yield Verdict(name, (_missing(name, listed),))
@@ -136,8 +137,9 @@ def _headline(problem: str) -> str:
     return re.split(r" \(|:", problem, maxsplit=1)[0]
 
 
-def read_metadata(directory: Path) -> tuple[dict[str, Listed], set[str]]:
-    """The tars ``valohai.metadata.jsonl`` lists, by name, and the jobs it names."""
+def read_metadata(directory: Path) -> tuple[dict[str, Listed], set[str], set[str]]:
+    """The tars mountproc's lines of ``valohai.metadata.jsonl`` list, by name, the jobs they
+    name, and the files other writers' lines name."""
     path = directory / METADATA_NAME
     try:
         text = path.read_text()
@@ -147,17 +149,20 @@ def read_metadata(directory: Path) -> tuple[dict[str, Listed], set[str]]:
         ) from None
     listed: dict[str, Listed] = {}
     jobs: set[str] = set()
+    foreign: set[str] = set()
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         name, meta = _parse_line(line, f"{path} line {number}")
-        if isinstance(meta.get("mountproc.job"), str):
-            jobs.add(meta["mountproc.job"])
+        if not isinstance(meta.get("mountproc.job"), str):
+            foreign.add(name)  # a line mountproc did not write
+            continue
+        jobs.add(meta["mountproc.job"])
         if name.endswith(".tar"):
             listed[name] = _listed(name, meta, f"{path} line {number}")
     if not jobs:
         raise UsageError(f"{path} names no mountproc job: not written by mountproc run")
-    return listed, jobs
+    return listed, jobs, foreign
 
 
 def _parse_line(line: str, where: str) -> tuple[str, dict[str, Any]]:
