@@ -95,7 +95,7 @@ def run_shard(spec: ShardSpec, progress: Report | None = None) -> ShardResult:
     try:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         ctx = Context(params=params, state=state, shard=spec.index, tmp_dir=tmp_dir)
-        results, sha, size, tar_path = _build(job, spec, ctx, _Ticker(spec.index, progress))
+        results, sha, size, tar_path = _build(job, spec, ctx, _Counts(spec.index, progress))
     except _GiveUp as given_up:  # the tar was dropped: a shard is published whole or not at all
         return ShardResult(spec.index, "", spec.tar_name, "", 0, tuple(given_up.results),
                            socket.gethostname(), shared, stopped=given_up.why)  # fmt: skip
@@ -122,7 +122,7 @@ def run_shard(spec: ShardSpec, progress: Report | None = None) -> ShardResult:
 
 
 def _build(
-    job: Job, spec: ShardSpec, ctx: Context[Any], ticker: _Ticker
+    job: Job, spec: ShardSpec, ctx: Context[Any], counts: _Counts
 ) -> tuple[list[FileResult], str, int, Path]:
     """Run every file into the shard's tar; files condemned by earlier attempts fail at once
     (and are not read: reading may be what hung)."""
@@ -141,11 +141,11 @@ def _build(
             for pos, entry in enumerate(spec.entries):
                 if pos in condemned:
                     results.append(FileResult(entry.path, Status.FAILED, condemned[pos]))
-                    continue
-                with guard.file(notes, pos, entry.path, spec.source_root, spec.limits):
-                    results.append(_process(job, spec, entry, next(ahead), ctx, tar))
-                ticker.tick(results)
-                _give_up_if_broken(results, spec.stop)
+                else:
+                    with guard.file(notes, pos, entry.path, spec.source_root, spec.limits):
+                        results.append(_process(job, spec, entry, next(ahead), ctx, tar))
+                counts.add(results[-1])
+                counts.give_up_if_broken(results, spec.stop)
             sha, size = tar.close()
         done = True
     finally:
@@ -154,21 +154,34 @@ def _build(
     return results, sha, size, tar.path
 
 
-class _Ticker:
-    """Tells ``report`` a shard's counts so far, at most every ``PROGRESS_EVERY_S``."""
+class _Counts:
+    """A shard's counts as it goes: told to ``report`` at most every ``PROGRESS_EVERY_S``, and
+    held against the rules that make a worker give up on its shard."""
 
     def __init__(self, shard: int, report: Report | None) -> None:
         self.shard, self.report, self.last = shard, report, time.monotonic()
+        self.by_status = {s.value: 0 for s in (Status.OK, Status.FAILED, Status.SKIPPED)}
 
-    def tick(self, results: list[FileResult]) -> None:
+    def add(self, result: FileResult) -> None:
+        """Count one file's result; report the counts if it is time."""
+        self.by_status[result.status.value] += 1
         now = time.monotonic()
-        if self.report is None or now - self.last < PROGRESS_EVERY_S:
-            return
-        self.last = now
-        counts = {status.value: 0 for status in (Status.OK, Status.FAILED, Status.SKIPPED)}
-        for r in results:
-            counts[r.status.value] += 1
-        self.report({"shard": self.shard, **counts})
+        if self.report is not None and now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            self.report({"shard": self.shard, **self.by_status})
+
+    def give_up_if_broken(self, results: list[FileResult], rules: StopRules) -> None:
+        """Raise ``_GiveUp`` when more files failed than the whole run may have, or when the
+        shard's first files all failed the same way."""
+        failed = self.by_status[Status.FAILED.value]
+        if rules.max_failed is not None and failed > rules.max_failed:
+            why = f"{failed} files failed, more than the run may ({rules.max_failed})"
+            raise _GiveUp(why, results)
+        if rules.same_first and len(results) == rules.same_first == failed:
+            reasons = {failures.general(r.error or "failed", r.path) for r in results}
+            if len(reasons) == 1:
+                why = f"its first {failed} files all failed the same way: {reasons.pop()}"
+                raise _GiveUp(why, results)
 
 
 class _GiveUp(Exception):
@@ -177,21 +190,6 @@ class _GiveUp(Exception):
     def __init__(self, why: str, results: list[FileResult]) -> None:
         super().__init__(why)
         self.why, self.results = why, results
-
-
-def _give_up_if_broken(results: list[FileResult], rules: StopRules) -> None:
-    """Raise ``_GiveUp`` when more files failed than the whole run may have, or when the
-    shard's first files all failed the same way."""
-    failed = [r for r in results if r.status is Status.FAILED]
-    if rules.max_failed is not None and len(failed) > rules.max_failed:
-        raise _GiveUp(
-            f"{len(failed)} files failed, more than the run may ({rules.max_failed})", results
-        )
-    if rules.same_first and len(results) == rules.same_first == len(failed):
-        reasons = {failures.general(r.error or "failed", r.path) for r in failed}
-        if len(reasons) == 1:
-            why = f"its first {len(failed)} files all failed the same way: {reasons.pop()}"
-            raise _GiveUp(why, results)
 
 
 def _read(path: Path) -> SourceRead:
