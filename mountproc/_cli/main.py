@@ -30,7 +30,8 @@ def main(verbose: int, quiet: bool) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     )
-    if verbose < 2:
+    worker = click.get_current_context().invoked_subcommand == "worker"  # dask worker's own log
+    if verbose < 2 and not worker:
         # distributed sets its loggers' levels from Dask's config when it is first imported,
         # which is after this (only a command that needs a cluster imports it)
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")

@@ -85,8 +85,9 @@ def finish(
     records = sorted(records, key=lambda r: r.index)
     manifest = paths.root / paths.manifest
     metadata.write_manifest(paths.plan, paths.results, {r.index: r.tar for r in records}, manifest)
+    # read here, before it is published: Valohai may take a published file away at once
+    summary["failures"] = failure_groups(manifest)
     publish(manifest, paths.outputs / paths.manifest)
-    summary["failures"] = failure_groups(paths.outputs / paths.manifest)
     for name, data in (
         (paths.summary, summary),
         (paths.index, metadata.wids_index(paths.job, records)),
