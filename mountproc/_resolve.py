@@ -163,7 +163,8 @@ def _split_valohai(job: Job, values: Mapping[str, Any]) -> tuple[dict[str, Any],
         if key in job.params.model_fields:
             params[key] = value
         elif key in RunSettings.model_fields:
-            settings[key] = value
+            if value != "":  # an optional parameter Valohai passed empty: unset
+                settings[key] = value
         else:
             log.warning(
                 "Valohai parameter %r is neither a mountproc setting nor a job parameter; ignored",

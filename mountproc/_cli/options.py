@@ -81,7 +81,8 @@ def _kind(annotation: Any) -> Any:
 
 def cli_settings(values: dict[str, Any]) -> dict[str, Any]:
     """The settings given on the command line (the options left unset are absent)."""
-    return {k: v for k, v in values.items() if v not in (None, ()) and k != "param_pairs"}
+    # "--dataset=" (an optional Valohai parameter left empty) means unset too
+    return {k: v for k, v in values.items() if v not in (None, (), "") and k != "param_pairs"}
 
 
 def job_params(job: Job, pairs: Sequence[str], extra: Sequence[str]) -> dict[str, Any]:

@@ -94,9 +94,7 @@ def _setting_parameters(job: Job) -> list[dict[str, Any]]:
     for name, field in RunSettings.model_fields.items():
         if not setting_extra(name).get("valohai"):  # where outputs go is Valohai's business
             continue
-        default = defaults.get(name, field.default)
-        if default is None:  # dataset without one: the run registers no version
-            default = ""
+        default = defaults.get(name, field.default)  # None: optional, off the command line
         out.append(_parameter(name, field, default, field.description or name))
     return out
 

@@ -238,7 +238,8 @@ def test_typed_job_parameters_become_valohai_parameters(tmp_path: Path) -> None:
     assert (p["mode"].type, p["mode"].choices) == ("string", ["fast", "best"])
     assert (p["label"].type, p["label"].optional, p["label"].default) == ("string", True, None)
     assert p["shard_max_files"].default == 50  # the job's own setting default
-    assert p["dataset"].default == ""  # no dataset: the run registers no version
+    assert p["dataset"].default is None  # no dataset: optional, off the command line
+    assert p["dataset"].optional
     # a job without a source gets a mount at /mnt/source and says so on its command line
     assert step.command[1] == "mountproc run the_job.py --source /mnt/source {parameters}"
     assert step.mounts[0].destination == "/mnt/source"
