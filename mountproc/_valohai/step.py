@@ -102,8 +102,8 @@ def _setting_parameters(job: Job) -> list[dict[str, Any]]:
 def _job_parameters(job: Job) -> list[dict[str, Any]]:
     out = []
     for name, field in job.params.model_fields.items():
-        description = field.description or f"{job.name} job parameter {name}."
-        out.append(_parameter(name, field, field.default, f"{job.name} job - {description}"))
+        description = field.description or f"Parameter {name!r} of the job {job.name!r}."
+        out.append(_parameter(name, field, field.default, description))
     return out
 
 
