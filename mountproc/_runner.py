@@ -97,7 +97,8 @@ class Run:
         checked = preflight(self.resolved, self.job.readonly)
         mode = "test-mode run" if self.settings.test_mode else "run"
         what = f"{mode} of job {self.job.name} into {self.resolved.outputs}"
-        path = lock_path(self.resolved.outputs, self.job.name, self.settings.test_mode)
+        r = self.resolved
+        path = lock_path(r.outputs, r.scratch, self.job.name, self.settings.test_mode)
         with run_lock(path, what):
             return self._locked(checked, started, started_at)
 

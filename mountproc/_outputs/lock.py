@@ -21,10 +21,13 @@ from mountproc._errors import RunLockedError
 log = logging.getLogger(__name__)
 
 
-def lock_path(outputs: Path, job: str, test_mode: bool) -> Path:
-    """Beside ``outputs``: one lock per job and mode."""
+def lock_path(outputs: Path, scratch: Path, job: str, test_mode: bool) -> Path:
+    """Beside ``outputs``, one lock per job and mode (in ``scratch`` when the directory that
+    holds outputs is not writable)."""
     mode = ".test-mode" if test_mode else ""
-    return outputs.parent / f".mountproc-lock-{outputs.name}-{job}{mode}"
+    name = f".mountproc-lock-{outputs.name}-{job}{mode}"
+    beside = outputs.parent
+    return beside / name if os.access(beside, os.W_OK) else scratch / name
 
 
 @contextmanager
