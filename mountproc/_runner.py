@@ -216,11 +216,15 @@ class Run:
         if self.settings.test_mode:
             return None
         fresh = self.paths.root / "relisting.parquet"
-        list_source(
-            self.job, self.resolved, fresh, partial(lister, self.resolved, checked.mount, None)
-        )
-        changes = drift(self.paths.listing, fresh)
-        fresh.unlink()
+        where = partial(lister, self.resolved, checked.mount, None)
+        try:
+            list_source(self.job, self.resolved, fresh, where)
+            changes = drift(self.paths.listing, fresh)
+        except (MountprocError, OSError) as exc:  # the outputs are complete: say so, go on
+            log.warning("could not list the source again to see what changed: %s", exc)
+            return None
+        finally:
+            fresh.unlink(missing_ok=True)
         if any(changes.values()):
             log.warning(
                 "the source changed since this run's listing: %(added)d file(s) added, "
