@@ -17,6 +17,7 @@ from mountproc._jsonfile import write_json
 from mountproc._listing.sharding import PLAN_SCHEMA
 from mountproc._outputs.layout import results_path
 from mountproc._records import NOT_PROCESSED, FileResult, ShardResult, Status
+from mountproc._shard import sample
 
 RESULTS_SCHEMA = pa.schema(
     [
@@ -37,6 +38,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("members", pa.list_(pa.string())),
         pa.field("changed", pa.bool_()),
         pa.field("traceback", pa.string()),
+        pa.field("key", pa.string()),  # the sample's key (WebDataset's __key__), if a sample
     ]
 )
 
@@ -142,6 +144,7 @@ def write_manifest(plan: Path, results_dir: Path, tar_names: Mapping[int, str], 
             names = ("status", "error", "members", "changed", "traceback")
             columns = zip(*rows, strict=True) if rows else ([] for _ in names)
             cols.update({name: list(col) for name, col in zip(names, columns, strict=True)})
+            cols["key"] = [sample.key_of(m[0]) if m else None for m in cols["members"]]
             cols["tar"] = [  # only where the file's outputs are: ok rows of a published shard
                 tar_names.get(shard) if status == Status.OK.value and shard is not None else None
                 for shard, status in zip(cols["shard"], cols["status"], strict=True)

@@ -100,3 +100,10 @@ def members(
 def uses_reserved(outputs: list[tuple[str, bytes]]) -> bool:
     """Whether a transform's outputs name the record's suffix (the job's mistake, on every file)."""
     return any(suffix == RECORD_SUFFIX for suffix, _ in outputs)
+
+
+def key_of(member: str) -> str:
+    """The sample key of a member name: WebDataset's ``__key__`` (what precedes the first dot
+    of the name's last component; dots of the source name are escaped)."""
+    head, _, last = member.rpartition("/")
+    return f"{head}/{last.split('.', 1)[0]}" if head else last.split(".", 1)[0]

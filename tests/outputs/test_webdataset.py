@@ -91,6 +91,17 @@ def test_webdataset_reads_every_sample_with_its_key_and_record(published: dict[s
         assert Path(sample["__url__"]).name == row["tar"]
 
 
+def test_every_loaded_sample_joins_its_manifest_row_by_key(published: dict[str, Any]) -> None:
+    rows = {r["key"]: r for r in read_manifest(published["out"]) if r["key"] is not None}
+    dataset = webdataset.WebDataset(tar_urls(published["out"]), shardshuffle=False)
+    samples = list(dataset)
+    assert len(samples) == len(rows) == len(published["rows"])
+    for sample in samples:
+        row = rows[sample["__key__"]]
+        assert Path(sample["__url__"]).name == row["tar"]
+        assert sorted(f"{row['key']}.{field}" for field in fields(sample)) == row["members"]
+
+
 def test_odd_names_keep_their_whole_path_as_the_key(published: dict[str, Any]) -> None:
     dataset = webdataset.WebDataset(tar_urls(published["out"]), shardshuffle=False)
     by_path = {s["json"]["path"]: s for s in dataset.decode()}
