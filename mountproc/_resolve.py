@@ -4,6 +4,7 @@ job's defaults (pydantic-settings does the layering); library code gets a ``Reso
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pydantic_settings import (
 
 from mountproc._errors import SettingsError
 from mountproc._job import Job
-from mountproc._settings import RunSettings
+from mountproc._settings import RunSettings, check_tls
 from mountproc._valohai import environment as _valohai
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def resolve(
 ) -> ResolvedRun:
     """Validate every setting and job parameter; raise ``SettingsError`` naming the bad one."""
     vh_settings, vh_params = _split_valohai(job, _valohai.read_parameters(environ))
-    settings = _build(cli, vh_settings, _job_defaults(job))
+    settings = _scheduler_from_file(_build(cli, vh_settings, _job_defaults(job)))
     params = job.parse_params(_layer_params(job, vh_params, cli_params, environ))
     source = settings.source or (Path(job.source) if job.source else None)
     source = source.absolute() if source is not None else None  # workers run elsewhere
@@ -107,6 +108,31 @@ def resolve(
             "and MOUNTPROC_TLS_KEY on every member to encrypt and authenticate them"
         )
     return ResolvedRun(settings, source, outputs, scratch, strict, on_vh, params, distributed)
+
+
+def _scheduler_from_file(settings: RunSettings) -> RunSettings:
+    """With ``--scheduler-file``, the address it holds becomes ``--scheduler``."""
+    path = settings.scheduler_file
+    if path is None:
+        return settings
+    if settings.scheduler:
+        raise SettingsError("--scheduler and --scheduler-file contradict each other: give one")
+    try:
+        address = json.loads(path.read_text())["address"]
+    except FileNotFoundError:
+        raise SettingsError(
+            f"--scheduler-file {path}: no such file (start the scheduler first: dask scheduler "
+            f"--scheduler-file {path})"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SettingsError(
+            f"--scheduler-file {path}: no scheduler address in it ({exc})"
+        ) from None
+    try:
+        check_tls(settings.tls_ca_file, settings.tls_cert, settings.tls_key, address)
+    except ValueError as exc:
+        raise SettingsError(f"invalid settings: {exc}") from None
+    return settings.model_copy(update={"scheduler": str(address)})
 
 
 def _build(

@@ -246,6 +246,7 @@ class Run:
                 f"mountproc-{spec.tar_name.removesuffix('.tar')}-{spec.job.digest[:8]}"
             ),
             window=2 * max(1, worker_count(client)) * s.threads_per_worker,
+            resources=s.resource_needs,
         )
         self._emit()  # the starting point: what earlier runs already did
         try:

@@ -130,6 +130,18 @@ class RunSettings(BaseSettings):
         "Address of an existing Dask scheduler (also DASK_SCHEDULER_ADDRESS).",
         alias=_env("scheduler", "DASK_SCHEDULER_ADDRESS"),
     )
+    scheduler_file: Path | None = _setting(
+        None,
+        "Scheduler file of an existing Dask cluster, as dask scheduler --scheduler-file or "
+        "dask-mpi writes it.",
+        metavar="FILE",
+    )
+    resources: str | None = _setting(
+        None,
+        "Dask resources each shard needs, e.g. GPU=1 (it runs only on workers that declare "
+        "them; the embedded cluster's workers declare them).",
+        metavar="NAME=N,...",
+    )
     tls_ca_file: Path | None = _setting(
         None, "CA certificate of a tls:// scheduler.", metavar="FILE"
     )
@@ -239,6 +251,18 @@ class RunSettings(BaseSettings):
         FailureBudget.parse(v)
         return v
 
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, v: str | None) -> str | None:
+        if v:
+            parse_resources(v)
+        return v or None
+
+    @property
+    def resource_needs(self) -> dict[str, float]:
+        """The parsed ``--resources`` (empty: none)."""
+        return parse_resources(self.resources) if self.resources else {}
+
     @field_validator("scheduler")
     @classmethod
     def _scheduler(cls, v: str | None) -> str | None:
@@ -250,6 +274,21 @@ class RunSettings(BaseSettings):
     def budget(self) -> FailureBudget:
         """The parsed failure budget."""
         return FailureBudget.parse(self.max_failures)
+
+
+def parse_resources(text: str) -> dict[str, float]:
+    """``GPU=1,MEMORY=2e9`` as Dask resources; raise ValueError naming a bad item."""
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        try:
+            amount = float(value)
+        except ValueError:
+            amount = -1.0
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name) or amount <= 0:
+            raise ValueError(f"{item.strip()!r} is not NAME=AMOUNT (e.g. GPU=1)")
+        out[name] = amount
+    return out
 
 
 def check_tls(

@@ -63,6 +63,7 @@ class ClusterOptions:
     host: str | None = None  # where the embedded scheduler listens: other machines join there
     port: int = 0  # 0: any free port
     members: tuple[str, ...] = ()  # names of the workers (machines) that must join first
+    resources: dict[str, float] | None = None  # what each embedded worker declares
 
 
 @contextmanager
@@ -132,6 +133,7 @@ def _local_cluster(opts: ClusterOptions) -> Iterator[Client]:
             # a free port (never collide with another cluster), on this machine's address only
             dashboard_address=f"{opts.host or '127.0.0.1'}:0",
             silence_logs=logging.CRITICAL,  # mountproc reports task failures itself
+            resources=opts.resources or None,
         )
     except Exception as exc:
         raise ClusterError(f"cannot start a local Dask cluster: {exc}{_script_hint()}") from exc

@@ -15,6 +15,7 @@ from mountproc._cluster.checks import check_versions, check_workers
 from mountproc._cluster.client import open_cluster
 from mountproc._cluster.placement import cluster_options
 from mountproc._cluster.stream import worker_count
+from mountproc._errors import ClusterError
 from mountproc._mounts.source import MountReport
 from mountproc._records import WorkerCheck
 from mountproc._resolve import ResolvedRun
@@ -47,7 +48,30 @@ def connect(
         check_versions(client)
     check = worker_check(run, token_path, mount)
     check_workers(client, check)
+    _check_resources(client, run.settings.resource_needs)
     return client, check
+
+
+def _check_resources(client: Client, needs: dict[str, float]) -> None:
+    """Fail unless some worker offers the resources every shard needs (else shards would wait
+    for one forever)."""
+    if not needs:
+        return
+    workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    offering = [
+        address
+        for address, info in workers.items()
+        if all(info.get("resources", {}).get(k, 0) >= v for k, v in needs.items())
+    ]
+    wanted = ",".join(f"{k}={v:g}" for k, v in needs.items())
+    if not offering:
+        raise ClusterError(
+            f"no worker offers --resources {wanted}: start workers with "
+            f'`dask worker ADDRESS --resources "{wanted.replace(",", " ")}"`, or drop --resources'
+        )
+    log.info(
+        "%d of %d worker(s) offer %s; shards run on those", len(offering), len(workers), wanted
+    )
 
 
 def check_cluster(run: ResolvedRun, token_path: Path, mount: MountReport) -> int:

@@ -22,6 +22,7 @@ def cluster_options(run: ResolvedRun) -> ClusterOptions:
     if s.tls_ca_file and s.tls_cert and s.tls_key:
         tls = TlsFiles(str(s.tls_ca_file), str(s.tls_cert), str(s.tls_key))
     opts = ClusterOptions(s.scheduler, s.workers, s.threads_per_worker, tls, s.worker_wait)
+    opts = replace(opts, resources=s.resource_needs or None)
     task = run.distributed
     if task is None:
         return opts

@@ -35,8 +35,10 @@ class TaskStream(Generic[T, R]):
         key: Callable[[T], str],
         window: int,
         retries: int = 1,
+        resources: dict[str, float] | None = None,
     ) -> None:
         self._client, self._fn, self._key, self._retries = client, fn, key, retries
+        self._resources = resources or None
         self._items = iter(items)
         self._window = window
         self._pending: dict[str, tuple[T, Any]] = {}
@@ -50,7 +52,13 @@ class TaskStream(Generic[T, R]):
             if item is None:
                 return
             fut = self._client.submit(
-                _located, self._fn, item, key=self._key(item), pure=False, retries=self._retries
+                _located,
+                self._fn,
+                item,
+                key=self._key(item),
+                pure=False,
+                retries=self._retries,
+                resources=self._resources,
             )
             self._pending[str(fut.key)] = (item, fut)
         self._stream.add(fut)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -19,52 +18,13 @@ from typing import Any
 
 import pytest
 from helpers import RESIZE_JOB, clean_env, read_manifest, run_cli, tar_digests
+from helpers.dask_procs import start, start_scheduler, stop, worker_cmd
 from helpers.netfs import descendants, wait_until
 from helpers.tlscerts import Pem, issue, make_ca, openssl_available
 
 from mountproc._demo_data import make_demo_tree
 
 pytestmark = pytest.mark.cluster
-
-DASK = [sys.executable, "-m", "dask"]  # the `dask` command of this interpreter
-
-
-def _start(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        cmd, cwd=cwd, env=clean_env(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in reversed(procs):
-        proc.terminate()
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _start_scheduler(
-    cwd: Path, procs: list[subprocess.Popen[bytes]], extra: tuple[str, ...] = ()
-) -> str:
-    """Start ``dask scheduler`` on 127.0.0.1 and a free port; return its address."""
-    sched_file = cwd / "scheduler.json"
-    cmd = [*DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", *extra]
-    procs.append(_start([*cmd, "--scheduler-file", str(sched_file)], cwd))
-    wait_until(
-        lambda: sched_file.exists() and "address" in sched_file.read_text(),
-        30,
-        "the scheduler address",
-    )
-    address: str = json.loads(sched_file.read_text())["address"]
-    return address
-
-
-def _worker_cmd(address: str) -> list[str]:
-    opts = ["--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1", "--no-dashboard"]
-    return [*DASK, "worker", address, *opts]
 
 
 def _wait_for_workers(address: str, n: int) -> None:
@@ -82,11 +42,11 @@ def dask_cluster(tmp_path: Path) -> Iterator[str]:
     elsewhere.mkdir()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        address = _start_scheduler(elsewhere, procs)
-        procs += [_start(_worker_cmd(address), elsewhere) for _ in range(2)]
+        address = start_scheduler(elsewhere, procs)
+        procs += [start(worker_cmd(address), elsewhere) for _ in range(2)]
         yield address
     finally:
-        _stop(procs)
+        stop(procs)
 
 
 def test_existing_scheduler_gives_the_same_tars_as_a_local_cluster(
@@ -158,18 +118,18 @@ def test_a_worker_with_its_own_scratch_sends_its_tars_over(tmp_path: Path) -> No
     assert run_cli(*common, "--outputs", tmp_path / "local", cwd=tmp_path).returncode == 0
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        address = _start_scheduler(tmp_path, procs)
-        worker = " ".join(_worker_cmd(address))
+        address = start_scheduler(tmp_path, procs)
+        worker = " ".join(worker_cmd(address))
         # this worker sees its own empty tmpfs where the driver sees the shared scratch
         isolated = f"mount -t tmpfs none {shared} && exec {worker}"
         procs.append(
-            _start(["unshare", "-m", "--propagation", "private", "sh", "-c", isolated], tmp_path)
+            start(["unshare", "-m", "--propagation", "private", "sh", "-c", isolated], tmp_path)
         )
         out = tmp_path / "out"
         scratch = ["--scratch", shared / "scratch"]
         proc = run_cli(*common, "--outputs", out, *scratch, "--scheduler", address, cwd=tmp_path)
     finally:
-        _stop(procs)
+        stop(procs)
     assert proc.returncode == 0, proc.stderr
     assert "1 worker(s) cannot see this machine's scratch (tcp://127.0.0.1:" in proc.stderr
     assert len(tar_digests(out)) == 4
@@ -190,12 +150,12 @@ def test_a_worker_that_sees_the_source_differently_stops_the_run(
     src = bind_mount(data, tmp_path / "mnt", readonly=True)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        address = _start_scheduler(tmp_path, procs)
-        procs.append(_start(_worker_cmd(address), tmp_path))
-        worker = " ".join(_worker_cmd(address))
+        address = start_scheduler(tmp_path, procs)
+        procs.append(start(worker_cmd(address), tmp_path))
+        worker = " ".join(worker_cmd(address))
         other_view = f"mount -t tmpfs mountproc-test {src} && exec {worker}"
         procs.append(
-            _start(["unshare", "-m", "--propagation", "private", "sh", "-c", other_view], tmp_path)
+            start(["unshare", "-m", "--propagation", "private", "sh", "-c", other_view], tmp_path)
         )
         _wait_for_workers(address, 2)
         proc = run_cli(
@@ -211,7 +171,7 @@ def test_a_worker_that_sees_the_source_differently_stops_the_run(
             cwd=tmp_path,
         )
     finally:
-        _stop(procs)
+        stop(procs)
     assert proc.returncode == 2, proc.stderr
     assert re.search(
         rf"worker tcp://127\.0\.0\.1:\d+ sees the source {re.escape(str(src))} differently: "
@@ -228,7 +188,7 @@ def test_no_worker_within_worker_wait_is_one_clear_line(tmp_path: Path) -> None:
     make_demo_tree(src, count=12)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        address = _start_scheduler(tmp_path, procs)
+        address = start_scheduler(tmp_path, procs)
         start = time.monotonic()
         proc = run_cli(
             "run", RESIZE_JOB, "--source", src, "--outputs", tmp_path / "out",
@@ -236,7 +196,7 @@ def test_no_worker_within_worker_wait_is_one_clear_line(tmp_path: Path) -> None:
         )  # fmt: skip
         elapsed = time.monotonic() - start
     finally:
-        _stop(procs)
+        stop(procs)
     assert proc.returncode == 1, proc.stderr
     assert f"no worker joined the scheduler at {address} within 2 s" in proc.stderr
     assert f"mountproc worker {address}" in proc.stderr
@@ -256,15 +216,15 @@ def _run_with_one_worker(
     then run the example job on it into tmp_path/out."""
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        address = _start_scheduler(cwd, procs)
-        procs.append(_start(worker(address), cwd, env))
+        address = start_scheduler(cwd, procs)
+        procs.append(start(worker(address), cwd, env))
         _wait_for_workers(address, 1)
         return run_cli(
             "run", RESIZE_JOB, "--source", src, "--outputs", tmp_path / "out",
             "--scheduler", address, cwd=tmp_path,
         )  # fmt: skip
     finally:
-        _stop(procs)
+        stop(procs)
 
 
 def _fake_distribution(directory: Path, version: str) -> Path:
@@ -281,7 +241,7 @@ def test_a_worker_with_another_mountproc_version_is_refused(tmp_path: Path) -> N
     make_demo_tree(src, count=12)
     fake = _fake_distribution(tmp_path / "other-release", "9.9.9")
     proc = _run_with_one_worker(
-        tmp_path, src, lambda address: _worker_cmd(address), tmp_path, {"PYTHONPATH": str(fake)}
+        tmp_path, src, lambda address: worker_cmd(address), tmp_path, {"PYTHONPATH": str(fake)}
     )
     assert proc.returncode == 1, proc.stderr
     assert re.search(
@@ -304,14 +264,14 @@ def tls_cluster(tmp_path: Path) -> Iterator[tuple[str, Pem]]:
     elsewhere.mkdir()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        address = _start_scheduler(elsewhere, procs, ("--protocol", "tls", *scheduler.cli()))
+        address = start_scheduler(elsewhere, procs, ("--protocol", "tls", *scheduler.cli()))
         assert address.startswith("tls://127.0.0.1:")
-        procs.append(_start([*_worker_cmd(address), *worker.cli()], elsewhere))
+        procs.append(start([*worker_cmd(address), *worker.cli()], elsewhere))
         mp_worker = [sys.executable, "-m", "mountproc", "worker", address, "--host", "127.0.0.1"]
-        procs.append(_start([*mp_worker, *worker.cli()], elsewhere))
+        procs.append(start([*mp_worker, *worker.cli()], elsewhere))
         yield address, client
     finally:
-        _stop(procs)
+        stop(procs)
 
 
 def test_tls_cluster_gives_the_same_tars_as_a_local_cluster(
@@ -416,7 +376,7 @@ def test_a_worker_without_mountproc_is_named(tmp_path: Path) -> None:
     if "No module named 'mountproc'" not in probe.stderr:
         pytest.skip(f"mountproc is not an editable install here: {probe.stderr[-200:]!r}")
     proc = _run_with_one_worker(
-        tmp_path, src, lambda address: [str(python), *_worker_cmd(address)[1:]], elsewhere
+        tmp_path, src, lambda address: [str(python), *worker_cmd(address)[1:]], elsewhere
     )
     assert proc.returncode == 1, proc.stderr
     assert re.search(r"worker tcp://127\.0\.0\.1:\d+ cannot import mountproc: install", proc.stderr)
@@ -505,8 +465,8 @@ def test_a_cluster_left_without_workers_stops_the_run_with_one_line(tmp_path: Pa
     out = tmp_path / "out"
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        address = _start_scheduler(tmp_path, procs)
-        worker = _start(_worker_cmd(address), tmp_path)
+        address = start_scheduler(tmp_path, procs)
+        worker = start(worker_cmd(address), tmp_path)
         procs.append(worker)
         _wait_for_workers(address, 1)
         run = subprocess.Popen(
@@ -524,7 +484,7 @@ def test_a_cluster_left_without_workers_stops_the_run_with_one_line(tmp_path: Pa
             child.signal(signal.SIGKILL)
         _, stderr = run.communicate(timeout=60)
     finally:
-        _stop(procs)
+        stop(procs)
     assert run.returncode == 1, stderr
     assert f"every Dask worker left the cluster at {address}" in stderr
     assert "within 3 s (--worker-wait)" in stderr
@@ -556,16 +516,16 @@ def test_the_embedded_clusters_workers_do_not_run_dasks_profiler() -> None:
 def test_mountproc_worker_runs_dask_workers_without_the_profiler(tmp_path: Path) -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        address = _start_scheduler(tmp_path, procs)
+        address = start_scheduler(tmp_path, procs)
         cmd = [sys.executable, "-m", "mountproc", "worker", address, "--nworkers", "1"]
-        procs.append(_start(cmd, tmp_path))
+        procs.append(start(cmd, tmp_path))
         _wait_for_workers(address, 1)
         from distributed import Client
 
         with Client(address, timeout=30) as client:  # type: ignore[no-untyped-call]
             assert list(client.run(_profiling).values()) == [False]
     finally:
-        _stop(procs)
+        stop(procs)
 
 
 def test_retries_share_one_policy_per_process() -> None:
