@@ -10,6 +10,10 @@ from typing import Any
 NOT_PROCESSED = "not processed: the run ended before this shard finished"
 """The reason of a selected file that no shard processed (the run stopped first)."""
 
+CARRIED = "unchanged since the base version: carried over"
+"""The plan's mark on a file an increment carries over from its base version (``--since``): not
+processed again, its manifest row and its sample those of the base version."""
+
 
 class Status(str, Enum):
     """What happened to one listed entry."""
@@ -120,6 +124,7 @@ class FileResult:
     members: tuple[str, ...] = ()
     changed: bool = False  # size or mtime differ from the listing's: the file changed meanwhile
     traceback: str | None = None  # of a failed file: bounded, the job file's frames kept
+    sha256: str | None = None  # of the source file's bytes, where it was read
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import replace
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any
@@ -30,13 +31,15 @@ from mountproc._errors import (
 from mountproc._job import Job
 from mountproc._listing.drift import drift
 from mountproc._listing.sharding import Plan, iter_shards
-from mountproc._listing.stage import list_and_shard, list_source, lister
+from mountproc._listing.stage import entries_listed, list_and_shard, list_source, lister
 from mountproc._mounts.preflight import Preflight, preflight
 from mountproc._mounts.sourcewatch import SourceWatch
 from mountproc._outputs import metadata_file
+from mountproc._outputs.increment import Increment
 from mountproc._outputs.layout import RunPaths
+from mountproc._outputs.lineage import Lineage, carried_path, lineage, new_version, plan_increment
 from mountproc._outputs.lock import lock_path, run_lock
-from mountproc._outputs.publish import disk_full_is_an_error
+from mountproc._outputs.publish import disk_full_is_an_error, shielded
 from mountproc._outputs.results import collect, dataset_target, finish
 from mountproc._outputs.resume import (
     Begun,
@@ -85,6 +88,8 @@ class Run:
             resolved.outputs, resolved.scratch, job.name, self.settings.test_mode
         )
         self.given_client = client
+        self.line = Lineage()
+        self.found: Increment | None = None  # what an increment found changed
         self.progress = progress or (lambda event: None)
         self.tally = Tally()
         self._feed: Feed | None = None
@@ -94,6 +99,8 @@ class Run:
         """Run the job; per-file failures are counted, never raised. A run stopped by Ctrl-C,
         SIGTERM or a failing environment still publishes what is complete, then raises."""
         started, started_at = time.monotonic(), _utc_now()
+        self.line = lineage(self.resolved, self.job.name)
+        self.paths = replace(self.paths, increment=self.line.number)
         checked = preflight(self.resolved, self.job.readonly)
         mode = "test-mode run" if self.settings.test_mode else "run"
         what = f"{mode} of job {self.job.name} into {self.resolved.outputs}"
@@ -104,7 +111,7 @@ class Run:
 
     def _locked(self, checked: Preflight, started: float, started_at: str) -> RunReport:
         """The run, once it holds the lock of its job and outputs."""
-        begun = begin(self.paths, self.resolved, self.ref)
+        begun = begin(self.paths, self.resolved, self.ref, self.line.identity())
         stop: BaseException | None = None
         with ExitStack() as stack:
             plan, entries, client, check = self._prepare(stack, begun, checked)
@@ -140,9 +147,12 @@ class Run:
             client, check = self._connect(stack, checked)
         if begun.plan is not None:
             plan, entries = begun.plan
+            found = begun.state.get("increment")
+            self.found = Increment.from_dict(found) if found is not None else None
         else:
             plan, entries = self._list(checked, client, begun.state)
-        self.tally = Tally(plan.shards, plan.files, excluded=entries - plan.files)
+        carried = self.found.carried if self.found is not None else 0
+        self.tally = Tally(plan.shards, plan.files, excluded=entries - plan.files - carried)
         self.tally.reuse(begun.finished.values())
         if client is None or check is None:
             client, check = self._connect(stack, checked)
@@ -160,9 +170,14 @@ class Run:
     ) -> tuple[Plan, int]:
         cluster = executor(client) if client is not None else None
         where = partial(lister, self.resolved, checked.mount, cluster)
-        plan, entries = list_and_shard(
-            self.job, self.resolved, self.paths.listing, self.paths.plan, where
-        )
+        if self.line.previous is None:
+            plan, entries = list_and_shard(
+                self.job, self.resolved, self.paths.listing, self.paths.plan, where
+            )
+        else:
+            listed = partial(entries_listed, self.job, self.resolved, where)
+            plan, entries, self.found = plan_increment(self.line, self.resolved, self.paths, listed)
+            state = {**state, "increment": self.found.as_dict()}
         totals = {"shards": plan.shards, "files": plan.files, "bytes": plan.bytes}
         write_state(self.paths.root, {**state, "listed": {**totals, "entries": entries}})
         return plan, entries
@@ -277,7 +292,7 @@ class Run:
             self._feed.finished(spec.index)  # its results replace its reports
         # a tar is published together with its record, or not at all
         publish = partial(collect, self.paths, spec, got, self.tally)
-        _shielded(partial(disk_full_is_an_error, publish))
+        shielded(partial(disk_full_is_an_error, publish))
 
     def _emit(self) -> None:
         """A progress event: finished shards' counts and the files done in those in flight
@@ -315,6 +330,8 @@ class Run:
             "max_failures": str(s.budget),
             "within_budget": within,
             "dataset": s.dataset if within and dataset_target(s) else None,
+            "dataset_from": self.line.base_dataset(self.resolved) if within else None,
+            "increment": self.line.summary(self.found),
             "params": self.resolved.params.model_dump(mode="json"),
             "seconds": round(seconds, 3),
             "files_per_s": round(plan.files / seconds, 1) if seconds > 0 else None,
@@ -325,10 +342,10 @@ class Run:
     ) -> None:
         """Publish the manifest, summary and metadata; after a stop, a failure to do so (a full
         disk) must not hide the reason the run stopped."""
-        target = dataset_target(self.settings) if within else None
-        publish = partial(
-            finish, self.paths, self.tally.records, summary, target, self.settings.test_mode
-        )
+        target = self.line.target(self.resolved, self.found) if within else None
+        version = partial(new_version, self.line, self.found, target=target)
+        carried = carried_path(self.paths) if self.line.previous is not None else None
+        publish = partial(finish, self.paths, self.tally.records, summary, target, version, carried)
         try:
             disk_full_is_an_error(publish)
         except MountprocError as exc:
@@ -347,28 +364,3 @@ def _stopped_by(stop: BaseException | None) -> str | None:
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _shielded(fn: Callable[[], None]) -> None:
-    """Run ``fn`` to completion even if Ctrl-C or SIGTERM arrives meanwhile, then re-raise the
-    interrupt. Signal handlers run in the main thread, so ``fn`` runs in another one."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # handed to the main thread below
-            errors.append(exc)
-
-    worker = threading.Thread(target=target, name="mountproc-publish")
-    worker.start()
-    interrupted: KeyboardInterrupt | None = None
-    while worker.is_alive():
-        try:
-            worker.join()
-        except KeyboardInterrupt as exc:
-            interrupted = exc
-    if errors:
-        raise errors[0]
-    if interrupted is not None:
-        raise interrupted

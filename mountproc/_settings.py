@@ -217,6 +217,23 @@ class RunSettings(BaseSettings):
         "--max-failures, or when the first files all fail the same way).",
     )
     fresh: bool = _setting(False, "Replace earlier results of this job in outputs.")
+    since: Path | None = _setting(
+        None,
+        "Process only what changed since an earlier run of this job: its manifest, or the "
+        "outputs directory holding it (an empty directory: none yet, a full run).",
+        metavar="PREVIOUS",
+    )
+    retry_failed: Path | None = _setting(
+        None,
+        "Process only the files that failed in an earlier run of this job (its manifest or "
+        "outputs); with --since, those as well as what changed.",
+        metavar="PREVIOUS",
+    )
+    compare: Literal["mtime", "sha256"] = _setting(
+        "mtime",
+        "How --since tells a changed file: by size and mtime, or by content (sha256: reads "
+        "every file).",
+    )
 
     @field_validator("dataset", "dataset_from")
     @classmethod
@@ -232,6 +249,20 @@ class RunSettings(BaseSettings):
     def _dataset_base(self) -> RunSettings:
         if self.dataset_from and self.dataset_start_fresh:
             raise ValueError("--dataset-from and --dataset-start-fresh contradict each other")
+        return self
+
+    @model_validator(mode="after")
+    def _increment(self) -> RunSettings:
+        since = self.since or self.retry_failed
+        if since and self.test_mode:
+            raise ValueError("--since and --retry-failed make a new version: not in --test-mode")
+        if since and self.dataset_start_fresh:
+            raise ValueError(
+                "--dataset-start-fresh contradicts --since and --retry-failed: an increment "
+                "holds only what changed, its version the rest of its base version"
+            )
+        if self.since and self.retry_failed and self.since != self.retry_failed:
+            raise ValueError("--since and --retry-failed must name the same earlier run")
         return self
 
     @model_validator(mode="after")

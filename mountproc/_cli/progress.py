@@ -89,7 +89,7 @@ def summary_table(summary: dict[str, Any], outputs: Path) -> list[str]:
     """The plain table printed at the end of a run."""
     s = summary
     if s["dataset"]:
-        dataset = s["dataset"]
+        dataset = s["dataset"] + (f" (from {s['dataset_from']})" if s.get("dataset_from") else "")
     elif s["test_mode"]:
         dataset = "none (test mode)"
     elif not s["within_budget"]:
@@ -123,8 +123,24 @@ def summary_table(summary: dict[str, Any], outputs: Path) -> list[str]:
             f"changed since the listing: {drift['added']:,} added, {drift['removed']:,} removed, "
             f"{drift['changed']:,} changed (not in these outputs: --fresh includes them)",
         ))  # fmt: skip
+    rows += _increment_rows(s)
     rows += _failure_rows(s, outputs)
     return [f"{key:<12}{value}" for key, value in rows]
+
+
+def _increment_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """What an increment compared with, found and carried over."""
+    inc = summary.get("increment")
+    if not inc:
+        return []
+    found = f"{inc['added']:,} added, {inc['changed']:,} changed, {inc['deleted']:,} deleted"
+    if inc["retried"]:
+        found += f", {inc['retried']:,} failed before, retried"
+    replaced = len(inc["rebuilt"]) + len(inc["removed"])
+    return [
+        ("increment", f"{inc['number']} since {inc['since']}: {found}"),
+        ("", f"{inc['carried']:,} files carried over in the earlier tars; {replaced} replaced"),
+    ]
 
 
 def _failure_rows(summary: dict[str, Any], outputs: Path) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ def verify(outputs_dir: str) -> None:
     Example:
       mountproc verify ./outputs
     """
-    from mountproc._outputs.verify import conclusion, verify_outputs
+    from mountproc._outputs.verify import conclusion, kept_note, verify_outputs
 
     def action() -> None:
         verdicts = []
@@ -31,5 +31,8 @@ def verify(outputs_dir: str) -> None:
             click.echo(verdict.line())
             verdicts.append(verdict)
         click.echo(conclusion(Path(outputs_dir), verdicts))
+        note = kept_note(Path(outputs_dir))
+        if note is not None:
+            click.echo(note)
 
     guarded(action)

@@ -64,6 +64,11 @@ def list_source(job: Job, run: ResolvedRun, listing: Path, lister: Lister) -> Li
             )
 
 
+def entries_listed(job: Job, run: ResolvedRun, lister: Lister, listing: Path) -> int:
+    """List the source into ``listing``; the number of entries listed."""
+    return list_source(job, run, listing, lister).entries
+
+
 CRAWL_THREADS = 16
 """Threads that list a network file system from the driver: each READDIR or stat is a round
 trip, which threads overlap."""

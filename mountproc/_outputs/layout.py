@@ -14,7 +14,8 @@ publishes in outputs.
         results/shard-NNNNNN.json       its completion record, written once its tar is published
         <job>-manifest.parquet ...      the run's files, built here, then published
     <outputs>/
-        <job>-NNNNNN.tar                one tar per shard, read-only once published
+        <job>-NNNNNN.tar                one tar per shard, read-only once published (an
+                                        increment's: <job>-incN-NNNNNN.tar)
         <job>-manifest.parquet          one row per listed entry
         <job>-summary.json              what the run did
         <job>-wids-index.json           a wids shard index of the tars
@@ -32,6 +33,11 @@ METADATA_NAME = "valohai.metadata.jsonl"
 STATE_NAME = "run.json"
 TOKEN_NAME = ".mountproc-token"
 TEST_MODE_DIR = "test-mode"
+
+
+def manifest_name(job: str) -> str:
+    """A job's manifest's name in outputs."""
+    return f"{job}-manifest.parquet"
 
 
 def results_path(directory: Path, shard: int) -> Path:
@@ -52,12 +58,16 @@ class RunPaths:
     scratch: Path
     job: str
     test_mode: bool = False  # a state of its own: test and full runs do not resume each other
+    increment: int = 1  # which increment of the job's versions (--since): 1 for a full run
 
     @classmethod
-    def of(cls, outputs: Path, scratch: Path, job: str, test_mode: bool) -> RunPaths:
+    def of(
+        cls, outputs: Path, scratch: Path, job: str, test_mode: bool, increment: int = 1
+    ) -> RunPaths:
         """A run's paths: a test-mode run publishes into ``<outputs>/test-mode/``, beside a full
         run's outputs, which it never touches."""
-        return cls(outputs / TEST_MODE_DIR if test_mode else outputs, scratch, job, test_mode)
+        where = outputs / TEST_MODE_DIR if test_mode else outputs
+        return cls(where, scratch, job, test_mode, increment)
 
     @property
     def root(self) -> Path:
@@ -92,7 +102,7 @@ class RunPaths:
     @property
     def manifest(self) -> str:
         """The manifest's name in outputs."""
-        return f"{self.job}-manifest.parquet"
+        return manifest_name(self.job)
 
     @property
     def summary(self) -> str:
@@ -110,15 +120,17 @@ class RunPaths:
         return f"{self.job}-"
 
     def tar_name(self, index: int) -> str:
-        """The name of shard ``index``'s tar."""
-        return f"{self.tar_prefix}{index:06d}.tar"
+        """The name of shard ``index``'s tar; an increment's names never collide with those of
+        the versions before it (``<job>-inc2-000000.tar``)."""
+        number = f"inc{self.increment}-" if self.increment > 1 else ""
+        return f"{self.tar_prefix}{number}{index:06d}.tar"
 
     def owns(self, name: str) -> bool:
         """Whether ``name`` (in outputs) is a file this job publishes: its tars, manifest,
         summary and index; not ``valohai.metadata.jsonl``, which every writer shares."""
         if name in (self.manifest, self.summary, self.index):
             return True
-        return re.fullmatch(rf"{re.escape(self.job)}-\d{{6}}\.tar", name) is not None
+        return re.fullmatch(rf"{re.escape(self.job)}-(inc\d+-)?\d{{6}}\.tar", name) is not None
 
     def previous_outputs(self) -> list[Path]:
         """Files in outputs that an earlier run of this job published."""

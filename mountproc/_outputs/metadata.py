@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mountproc._jsonfile import write_json
-from mountproc._listing.sharding import PLAN_SCHEMA
-from mountproc._outputs.layout import results_path
-from mountproc._records import NOT_PROCESSED, FileResult, ShardResult, Status
-from mountproc._shard import sample
+from mountproc._records import FileResult, ShardResult
 
 RESULTS_SCHEMA = pa.schema(
     [
@@ -27,18 +24,7 @@ RESULTS_SCHEMA = pa.schema(
         ("members", pa.list_(pa.string())),
         ("changed", pa.bool_()),
         ("traceback", pa.string()),
-    ]
-)
-MANIFEST_SCHEMA = pa.schema(
-    [f for f in PLAN_SCHEMA if f.name != "skip_reason"]
-    + [
-        pa.field("tar", pa.string()),
-        pa.field("status", pa.string()),
-        pa.field("error", pa.string()),
-        pa.field("members", pa.list_(pa.string())),
-        pa.field("changed", pa.bool_()),
-        pa.field("traceback", pa.string()),
-        pa.field("key", pa.string()),  # the sample's key (WebDataset's __key__), if a sample
+        ("sha256", pa.string()),
     ]
 )
 
@@ -66,12 +52,15 @@ class DatasetTarget:
     start_fresh: bool = False
     base: str | None = None
     aliases: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()  # the base version's files the new version leaves out
 
     def entry(self) -> dict[str, Any]:
         """The ``valohai.dataset-versions`` object for one file."""
         out: dict[str, Any] = {"uri": self.uri, "packaging": True}
         if self.base:
             out["from"] = self.base
+        if self.exclude:
+            out["exclude"] = list(self.exclude)
         if self.start_fresh:
             out["start_fresh"] = True
         if self.aliases:
@@ -89,6 +78,7 @@ def write_results(path: Path, results: Sequence[FileResult]) -> None:
             "members": [list(r.members) for r in results],
             "changed": [r.changed for r in results],
             "traceback": [_utf8(r.traceback) for r in results],
+            "sha256": [r.sha256 for r in results],
         },
         schema=RESULTS_SCHEMA,
     )
@@ -126,83 +116,6 @@ def read_records(directory: Path) -> list[ShardRecord]:
     return [
         ShardRecord(**json.loads(p.read_text())) for p in sorted(directory.glob("shard-*.json"))
     ]
-
-
-def write_manifest(plan: Path, results_dir: Path, tar_names: Mapping[int, str], out: Path) -> None:
-    """Merge the plan with every shard's results into one row per listed entry, streaming."""
-    reader = _ShardResults(results_dir)
-    with pq.ParquetWriter(out, MANIFEST_SCHEMA) as writer:
-        for batch in pq.ParquetFile(plan).iter_batches():
-            cols = batch.to_pydict()
-            rows = [
-                reader.resolve(raw, shard, reason)
-                for raw, shard, reason in zip(
-                    cols["path_raw"], cols["shard"], cols["skip_reason"], strict=True
-                )
-            ]
-            cols.pop("skip_reason")
-            names = ("status", "error", "members", "changed", "traceback")
-            columns = zip(*rows, strict=True) if rows else ([] for _ in names)
-            cols.update({name: list(col) for name, col in zip(names, columns, strict=True)})
-            cols["key"] = [sample.key_of(m[0]) if m else None for m in cols["members"]]
-            cols["tar"] = [  # only where the file's outputs are: ok rows of a published shard
-                tar_names.get(shard) if status == Status.OK.value and shard is not None else None
-                for shard, status in zip(cols["shard"], cols["status"], strict=True)
-            ]
-            writer.write_batch(pa.RecordBatch.from_pydict(cols, schema=MANIFEST_SCHEMA))
-    reader.finish()
-
-
-Row = tuple[bytes, str, str | None, list[str], bool, str | None]
-"""One file's results: raw path, status, error, members, changed, traceback."""
-
-
-class _ShardResults:
-    """Reads shard result files in order as the plan streams past (shards are contiguous)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.shard: int | None = None
-        self.rows: Iterator[Row] = iter(())
-        self.found = False  # whether the current shard has a results file
-
-    def resolve(
-        self, raw: bytes, shard: int | None, reason: str | None
-    ) -> tuple[str, str | None, list[str], bool, str | None]:
-        if shard is None:
-            return Status.EXCLUDED.value, reason, [], False, None
-        if shard != self.shard:
-            self.finish()
-            self.shard, self.found, self.rows = shard, *self._load(shard)
-        row = next(self.rows, None)
-        if row is None:
-            if self.found:
-                raise RuntimeError(f"shard {shard} results have fewer rows than the plan")
-            return Status.FAILED.value, NOT_PROCESSED, [], False, None
-        if row[0] != raw:
-            raise RuntimeError(f"shard {shard} results do not match the plan at {raw!r}")
-        return row[1], row[2], row[3], row[4], row[5]
-
-    def finish(self) -> None:
-        """Raise if the current shard's results file has rows the plan does not."""
-        if self.found and next(self.rows, None) is not None:
-            raise RuntimeError(f"shard {self.shard} results have more rows than the plan")
-
-    def _load(self, shard: int) -> tuple[bool, Iterator[Row]]:
-        path = results_path(self.directory, shard)
-        if not path.exists():
-            return False, iter(())
-        cols = pq.read_table(path).to_pydict()
-        rows = zip(
-            cols["path_raw"],
-            cols["status"],
-            cols["error"],
-            cols["members"],
-            cols["changed"],
-            cols["traceback"],
-            strict=True,
-        )
-        return True, rows
 
 
 def wids_index(name: str, records: Sequence[ShardRecord]) -> dict[str, Any]:

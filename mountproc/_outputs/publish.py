@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -69,3 +70,28 @@ def disk_full_is_an_error(fn: Callable[[], T]) -> T:
             f"no space left writing {where} ({exc.strerror}): free space or point --scratch "
             "and --outputs at bigger disks, then run again"
         ) from None
+
+
+def shielded(fn: Callable[[], None]) -> None:
+    """Run ``fn`` to completion even if Ctrl-C or SIGTERM arrives meanwhile, then re-raise the
+    interrupt. Signal handlers run in the main thread, so ``fn`` runs in another one."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to the main thread below
+            errors.append(exc)
+
+    worker = threading.Thread(target=target, name="mountproc-publish")
+    worker.start()
+    interrupted: KeyboardInterrupt | None = None
+    while worker.is_alive():
+        try:
+            worker.join()
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if errors:
+        raise errors[0]
+    if interrupted is not None:
+        raise interrupted

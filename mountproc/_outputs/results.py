@@ -5,7 +5,7 @@ record as it arrives, and at the end the manifest, the summary, the wids index a
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from mountproc._jsonfile import write_json
 from mountproc._outputs import metadata, metadata_file
 from mountproc._outputs.failures import failure_groups
 from mountproc._outputs.layout import RunPaths, record_path, results_path
+from mountproc._outputs.manifest import Version, write_manifest
 from mountproc._outputs.publish import publish
 from mountproc._outputs.summary import Tally
 from mountproc._records import NOT_PROCESSED, FileResult, ShardResult, ShardSpec, Status
@@ -63,13 +64,16 @@ def _gave_up(paths: RunPaths, spec: ShardSpec, outcome: ShardResult, tally: Tall
     tally.add(done)
 
 
-def dataset_target(settings: RunSettings) -> metadata.DatasetTarget | None:
-    """The dataset version the tars join: none in test mode or without ``--dataset``."""
+def dataset_target(
+    settings: RunSettings, base: str | None = None, exclude: Sequence[str] = ()
+) -> metadata.DatasetTarget | None:
+    """The dataset version the tars join (made from ``base`` without ``exclude``): none in
+    test mode or without ``--dataset``."""
     s = settings
     if s.test_mode or not s.dataset:
         return None
     return metadata.DatasetTarget(
-        s.dataset, s.dataset_start_fresh, s.dataset_from, s.dataset_aliases
+        s.dataset, s.dataset_start_fresh, base, s.dataset_aliases, tuple(exclude)
     )
 
 
@@ -78,19 +82,23 @@ def finish(
     records: Sequence[metadata.ShardRecord],
     summary: dict[str, Any],
     target: metadata.DatasetTarget | None,
-    test_mode: bool,
+    version: Callable[[Sequence[metadata.ShardRecord]], Version],
+    carried: Path | None = None,
 ) -> None:
-    """Publish the manifest, the summary, the wids index and the Valohai metadata (dataset
-    entries only for a ``target``)."""
+    """Publish the manifest (of the whole ``version``: an increment's carries its base's
+    rows), the summary, the wids index of the version's tars and the Valohai metadata (dataset
+    entries only for a ``target``) of this run's files."""
     records = sorted(records, key=lambda r: r.index)
     manifest = paths.root / paths.manifest
-    metadata.write_manifest(paths.plan, paths.results, {r.index: r.tar for r in records}, manifest)
+    whole = version(records)
+    names = {r.index: r.tar for r in records}
+    write_manifest(paths.plan, paths.results, names, manifest, whole, carried)
     # read here, before it is published: Valohai may take a published file away at once
     summary["failures"] = failure_groups(manifest)
     publish(manifest, paths.outputs / paths.manifest)
     for name, data in (
         (paths.summary, summary),
-        (paths.index, metadata.wids_index(paths.job, records)),
+        (paths.index, metadata.wids_index(paths.job, whole.tars)),
     ):
         write_json(paths.root / name, data)
         publish(paths.root / name, paths.outputs / name)
@@ -98,7 +106,7 @@ def finish(
         records,
         [paths.manifest, paths.summary, paths.index],
         target,
-        [TEST_MODE_TAG] if test_mode else [],
+        [TEST_MODE_TAG] if paths.test_mode else [],
         {"mountproc.job": paths.job, "source": summary["source"]},
     )
     metadata_file.update(paths.outputs, paths.root, paths.owns, lines)

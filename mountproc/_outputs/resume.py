@@ -148,11 +148,14 @@ class Begun:
     replaced: list[Path] = field(default_factory=list)  # to remove once the run is sure to start
 
 
-def begin(paths: RunPaths, run: ResolvedRun, ref: JobRef) -> Begun:
-    """Resume when scratch holds an earlier run of the same command; else start afresh, which
-    needs --fresh when outputs already hold results of this job."""
+def begin(
+    paths: RunPaths, run: ResolvedRun, ref: JobRef, lineage: dict[str, Any] | None = None
+) -> Begun:
+    """Resume when scratch holds an earlier run of the same command (an increment: from the
+    same earlier run); else start afresh, which needs --fresh when outputs already hold results
+    of this job."""
     s = run.settings
-    current = identity(run, code_digest(ref))
+    current = {**identity(run, code_digest(ref)), **(lineage or {})}
     previous = paths.previous_outputs()
     saved = read_state(paths.root) or {}
     if not s.fresh and saved.get("identity") == current:

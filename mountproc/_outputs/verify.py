@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mountproc._errors import UsageError, VerificationFailed
-from mountproc._outputs.layout import METADATA_NAME
+from mountproc._outputs.layout import METADATA_NAME, manifest_name
+from mountproc._outputs.manifest import read_version
 
 CHUNK = 1 << 20
 SHOWN_HEX = 16  # of a sha256 in a message
@@ -103,9 +104,11 @@ def verify_outputs(directory: Path) -> Iterator[Verdict]:
     listed, jobs, foreign = read_metadata(directory)
     expected: dict[str, Expected] = {}
     for job in sorted(jobs):
-        expected.update(read_manifest(directory / f"{job}-manifest.parquet"))
+        expected.update(read_manifest(directory / manifest_name(job)))
     present = {p.name for p in directory.iterdir() if p.name.endswith(".tar") and p.is_file()}
     present -= foreign  # another writer's tars: theirs to check
+    for name in kept_from_base(directory, jobs) - present - set(listed):
+        expected.pop(name, None)  # in the base version an increment builds on, not here
     for name in sorted(present | set(listed) | set(expected)):
         if name not in present:
             yield Verdict(name, (_missing(name, listed),))
@@ -113,6 +116,25 @@ def verify_outputs(directory: Path) -> Iterator[Verdict]:
             yield Verdict(name, ("unlisted",))
         else:
             yield check_tar(directory / name, listed[name], expected.get(name))
+
+
+def kept_from_base(directory: Path, jobs: set[str]) -> set[str]:
+    """The tars the jobs' manifests keep from the base versions their increments build on."""
+    kept: set[str] = set()
+    for job in jobs:
+        path = directory / manifest_name(job)
+        version = read_version(path) if path.is_file() else None
+        kept.update(version.carried if version is not None else ())
+    return kept
+
+
+def kept_note(directory: Path) -> str | None:
+    """A line on the tars an increment keeps from its base version (not in this directory)."""
+    _, jobs, _ = read_metadata(directory)
+    kept = kept_from_base(directory, jobs)
+    if not kept:
+        return None
+    return f"{_plural(len(kept), 'tar')} of the base version are kept by reference, not here"
 
 
 def _missing(name: str, listed: dict[str, Listed]) -> str:

@@ -24,9 +24,11 @@ import pyarrow.parquet as pq
 
 from mountproc._job import Job
 from mountproc._listing.sharding import Plan, ShardBounds, test_subset, write_plan
-from mountproc._listing.stage import list_and_shard, lister
+from mountproc._listing.stage import entries_listed, list_and_shard, lister
 from mountproc._mounts.preflight import preflight_source
+from mountproc._outputs.increment import Increment
 from mountproc._outputs.layout import RunPaths
+from mountproc._outputs.lineage import lineage, plan_increment
 from mountproc._planning.timing import time_files
 from mountproc._records import JobRef
 from mountproc._resolve import ResolvedRun
@@ -62,11 +64,14 @@ class PlanReport:
     threads: int  # tasks at once: workers x --threads-per-worker, or an existing cluster's
     estimate_s: float | None  # per_file_s * files / threads
     listing_s: float  # listing and sharding
+    increment: Increment | None = None  # with --since/--retry-failed: what changed
+    since: str | None = None  # the earlier run's manifest
 
 
 def plan_job(job: Job, ref: JobRef, run: ResolvedRun, timed: int = TIMED_FILES) -> PlanReport:
     """Check the source as ``run`` does, list and shard it, and time ``timed`` files spread over
     the tree; scratch and outputs are neither created nor written."""
+    line = lineage(run, job.name)
     mount = preflight_source(run, job.readonly)
     s = run.settings
     with tempfile.TemporaryDirectory(prefix="mountproc-plan-") as tmp:
@@ -76,7 +81,12 @@ def plan_job(job: Job, ref: JobRef, run: ResolvedRun, timed: int = TIMED_FILES) 
         paths.shards.mkdir(parents=True)
         started = time.perf_counter()
         where = partial(lister, whole, mount, None)
-        plan, entries = list_and_shard(job, whole, paths.listing, paths.plan, where)
+        found = None
+        if line.previous is None:
+            plan, entries = list_and_shard(job, whole, paths.listing, paths.plan, where)
+        else:
+            listed = partial(entries_listed, job, whole, where)
+            plan, entries, found = plan_increment(line, whole, paths, listed)
         listing_s = time.perf_counter() - started
         largest = _largest_shard(paths.plan)
         paths.plan.unlink()  # each plan is a copy of the listing: keep one at a time
@@ -107,6 +117,8 @@ def plan_job(job: Job, ref: JobRef, run: ResolvedRun, timed: int = TIMED_FILES) 
         threads=threads,
         estimate_s=None if per_file is None else per_file * plan.files / threads,
         listing_s=listing_s,
+        increment=found,
+        since=str(line.previous.manifest) if line.previous is not None else None,
     )
 
 

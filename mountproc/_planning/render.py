@@ -20,6 +20,7 @@ def render(report: PlanReport) -> list[str]:
         ("source", f"{report.source} ({report.mount})"),
         ("listed", f"{report.entries:,} entries in {_seconds(report.listing_s)}"),
         *([("skipped", _skipped_text(report))] if report.skipped else []),
+        *_increment_rows(report),
         ("files", _files_text(report)),
         ("test mode", _test_text(report)),
         ("timed", _timed_text(report)),
@@ -35,6 +36,32 @@ def render(report: PlanReport) -> list[str]:
         )
     rows.append(("outputs", "nothing written"))
     return [f"{key:<12} {value}" for key, value in rows]
+
+
+def _increment_rows(r: PlanReport) -> list[tuple[str, str]]:
+    """What changed since the earlier run, and the tars a run would replace."""
+    inc = r.increment
+    if inc is None:
+        return []
+    found = f"{inc.added:,} added, {inc.changed:,} changed, {inc.deleted:,} deleted"
+    if inc.retried:
+        found += f", {inc.retried:,} failed there (retried)"
+    rows = [
+        ("since", f"{r.since}: {found}"),
+        ("carried", f"{_count(inc.carried, 'file')} unchanged in tars kept as they are"),
+        ("replaced", f"{_count(len(inc.excluded), 'tar')}" + _names(inc.excluded)),
+    ]
+    if inc.reprocessed:
+        rows.append(("", f"their {_count(inc.reprocessed, 'unchanged file')} are processed again"))
+    return rows
+
+
+def _names(tars: tuple[str, ...], shown: int = 5) -> str:
+    """A few tar names, and how many more."""
+    if not tars:
+        return ""
+    more = f", ... {len(tars) - shown} more" if len(tars) > shown else ""
+    return ": " + ", ".join(tars[:shown]) + more
 
 
 def _files_text(r: PlanReport) -> str:

@@ -236,20 +236,24 @@ def _process(
     path = Path(spec.source_root) / entry.path
     src = SourceFile(path, entry.path, entry.size, entry.mtime_ns)
     assert job.transform_fn is not None
+    digest = None
     try:
         read = pending.result()
         src = replace(src, data=read.data, sha256=read.sha256)
+        digest = read.sha256
         value = _with_retries(lambda: job.transform_fn(src, ctx))  # type: ignore[misc]
         if value is None:
-            return FileResult(entry.path, Status.SKIPPED, "declined by the transform")
+            return FileResult(
+                entry.path, Status.SKIPPED, "declined by the transform", sha256=digest
+            )
         outputs = sample.normalize_outputs(value)
     except Skip as exc:
         why = failures.reason(exc) or "declined by the transform"
-        return FileResult(entry.path, Status.SKIPPED, why)
+        return FileResult(entry.path, Status.SKIPPED, why, sha256=digest)
     except Exception as exc:
         why = _failure(exc, spec, entry)
         trace = failures.traceback_text(exc, spec.job.filename)
-        return FileResult(entry.path, Status.FAILED, why, traceback=trace)
+        return FileResult(entry.path, Status.FAILED, why, traceback=trace, sha256=digest)
     _refuse_reserved(spec, outputs)
     record = sample.record(entry.path, read.size, read.mtime_ns, read.sha256)
     named = sample.members(entry.path, outputs, record)
@@ -258,7 +262,7 @@ def _process(
     members = tuple(name for name, _ in named)
     listed = (entry.size, entry.mtime_ns)
     changed = read.changed_while_read or (read.size, read.mtime_ns) != listed or _changed(src)
-    return FileResult(entry.path, Status.OK, None, members, changed)
+    return FileResult(entry.path, Status.OK, None, members, changed, sha256=read.sha256)
 
 
 def _refuse_reserved(spec: ShardSpec, outputs: list[tuple[str, bytes]]) -> None:

@@ -13,15 +13,14 @@ import pytest
 from mountproc._jsonfile import write_json
 from mountproc._listing.listing import Patterns, write_listing
 from mountproc._listing.sharding import ShardBounds, iter_shards, write_plan
+from mountproc._outputs.manifest import MANIFEST_SCHEMA, write_manifest
 from mountproc._outputs.metadata import (
-    MANIFEST_SCHEMA,
     DatasetTarget,
     ShardRecord,
     metadata_lines,
     read_records,
     shard_record,
     wids_index,
-    write_manifest,
     write_record,
     write_results,
 )
@@ -195,7 +194,7 @@ def test_results_with_too_many_rows_raise(plan: Path, tmp_path: Path, shard: int
 def test_write_results_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "r.parquet"
     results = [
-        FileResult("a", Status.OK, None, ("a.jpg", "a.json"), changed=True),
+        FileResult("a", Status.OK, None, ("a.jpg", "a.json"), changed=True, sha256="ab" * 32),
         FileResult(os.fsdecode(b"\xff"), Status.FAILED, "OSError: \udcff", traceback="T \udcff"),
         FileResult("c", Status.SKIPPED, "declined"),
     ]
@@ -208,6 +207,7 @@ def test_write_results_round_trip(tmp_path: Path) -> None:
         "members": [["a.jpg", "a.json"], [], []],
         "changed": [True, False, False],
         "traceback": [None, "T \\udcff", None],
+        "sha256": ["ab" * 32, None, None],
     }
 
 
