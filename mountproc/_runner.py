@@ -345,7 +345,9 @@ class Run:
         target = self.line.target(self.resolved, self.found) if within else None
         version = partial(new_version, self.line, self.found, target=target)
         carried = carried_path(self.paths) if self.line.previous is not None else None
-        publish = partial(finish, self.paths, self.tally.records, summary, target, version, carried)
+        alias = self.settings.manifest_alias
+        records = self.tally.records
+        publish = partial(finish, self.paths, records, summary, target, version, carried, alias)
         try:
             disk_full_is_an_error(publish)
         except MountprocError as exc:

@@ -229,6 +229,13 @@ class RunSettings(BaseSettings):
         "outputs); with --since, those as well as what changed.",
         metavar="PREVIOUS",
     )
+    manifest_alias: str | None = _setting(
+        None,
+        "Valohai alias for the manifest (e.g. JOB-manifest-latest): datum://ALIAS then names the "
+        "newest one, the next increment's --since input.",
+        metavar="ALIAS",
+        valohai=True,
+    )
     compare: Literal["mtime", "sha256"] = _setting(
         "mtime",
         "How --since tells a changed file: by size and mtime, or by content (sha256: reads "
@@ -254,8 +261,6 @@ class RunSettings(BaseSettings):
     @model_validator(mode="after")
     def _increment(self) -> RunSettings:
         since = self.since or self.retry_failed
-        if since and self.test_mode:
-            raise ValueError("--since and --retry-failed make a new version: not in --test-mode")
         if since and self.dataset_start_fresh:
             raise ValueError(
                 "--dataset-start-fresh contradicts --since and --retry-failed: an increment "

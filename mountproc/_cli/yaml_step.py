@@ -10,7 +10,7 @@ import click
 from mountproc._cli.guard import guarded
 from mountproc._cli.main import main
 from mountproc._jobfile import job_ref
-from mountproc._valohai.step import StepOptions, render, valohai_config
+from mountproc._valohai.step import SINCE_INPUT, StepOptions, render, valohai_config
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ log = logging.getLogger(__name__)
     type=click.IntRange(2),
     help="Also a distributed step and a task that runs it on this many machines.",
 )
+@click.option(
+    "--since-input",
+    is_flag=True,
+    help=f"Declare an optional input, {SINCE_INPUT}, for the manifest of the run to build on "
+    "(--since): only what changed since is processed; left empty, a full run.",
+)
 def yaml_(
     job_file: str,
     step_name: str | None,
@@ -44,6 +50,7 @@ def yaml_(
     install: str,
     mount_source: str,
     distributed: int | None,
+    since_input: bool,
 ) -> None:
     """Print a valohai.yaml step for JOB_FILE: its settings and typed job parameters become
     Valohai parameters, the source an NFS mount, read-only.
@@ -66,7 +73,9 @@ def yaml_(
                 "the step from the repository root; run mountproc yaml from there",
                 job_file,
             )
-        opts = StepOptions(shown, step_name, image, install, mount_source, distributed or 0)
+        opts = StepOptions(
+            shown, step_name, image, install, mount_source, distributed or 0, since_input
+        )
         click.echo(render(valohai_config(job, opts)), nl=False)
 
     guarded(action)

@@ -11,7 +11,6 @@ base version's, its sample stays in a base tar the new version keeps.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -28,13 +27,13 @@ from mountproc._listing.listing import LISTING_SCHEMA
 from mountproc._mounts.table import show
 from mountproc._outputs.layout import manifest_name
 from mountproc._outputs.manifest import Version, read_version
+from mountproc._outputs.resume import sha256_file
 from mountproc._records import CARRIED, Status
 
 log = logging.getLogger(__name__)
 
 HASH_THREADS = 8
 """Files hashed at once by ``--compare sha256`` (a network file system's reads overlap)."""
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def previous_run(path: Path, job: str, optional: bool = False) -> Previous | Non
             f"{show(manifest)} does not say which tars its version holds (written by an older "
             "mountproc): run the job in full once (--fresh) to start a versioned history"
         )
-    return Previous(manifest, _sha256(manifest), version)
+    return Previous(manifest, sha256_file(manifest), version)
 
 
 @dataclass(frozen=True)
@@ -201,17 +200,9 @@ def _hash_all(source: Path, raws: list[bytes]) -> list[str | None]:
 
 def _sha256_or_none(path: bytes) -> str | None:
     try:
-        return _sha256(Path(os.fsdecode(path)))
+        return sha256_file(Path(os.fsdecode(path)))
     except OSError:
         return None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _retry(failed: pa.Array, how: Selection) -> pa.Array:

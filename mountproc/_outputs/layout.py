@@ -7,6 +7,8 @@ publishes in outputs.
         .mountproc-token                a worker that reads it shares this scratch
         listing.parquet                 every listed entry, in listing order
         plan.parquet                    the listing with a shard number per selected file
+        selection.parquet               an increment's listing, carried files marked as such
+        carried.parquet                 their rows, from the earlier run's manifest
         shards/                         tars being built (``<tar>.<pid>-<id>.partial``), copies of
                                         tars from workers' own disks, per-shard worker notes and
                                         ``tmp-NNNNNN/`` (a transform's ``ctx.tmp_dir``)

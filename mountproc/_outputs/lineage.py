@@ -78,11 +78,19 @@ def lineage(run: ResolvedRun, job: str) -> Lineage:
     named = s.since or s.retry_failed
     if named is None:
         return Lineage()
+    if s.test_mode:  # a smoke test of the transform, not a version: the same step does both
+        log.warning("test mode: --since/--retry-failed ignored (a test-mode run makes no version)")
+        return Lineage()
     previous = increment.previous_run(named, job, optional=run.on_valohai)
     if previous is None:
         if s.retry_failed and not s.since:
             raise UsageError(f"--retry-failed {named}: no earlier run there")
         return Lineage()
+    if previous.manifest.resolve().parent == run.outputs.resolve():
+        raise UsageError(
+            f"--since {named}: that is this run's own outputs directory; an increment is "
+            "published beside its earlier run, not over it: choose another --outputs"
+        )
     found = Lineage(previous, s.retry_failed is not None)
     found.base_dataset(run)  # a missing base stops the run now, not after the work
     return found

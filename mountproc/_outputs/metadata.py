@@ -134,8 +134,11 @@ def metadata_lines(
     target: DatasetTarget | None,
     tags: Sequence[str],
     common: Mapping[str, Any],
+    aliases: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """One ``valohai.metadata.jsonl`` line per published file."""
+    """One ``valohai.metadata.jsonl`` line per published file; ``aliases`` gives some of the
+    extra files a Valohai alias (``datum://ALIAS`` then names the newest of them)."""
+    named = aliases or {}
     base: dict[str, Any] = {}
     if target is not None:
         base["valohai.dataset-versions"] = [target.entry()]
@@ -155,7 +158,9 @@ def metadata_lines(
             "sha256": r.sha256,
         }
         lines.append(json.dumps({"file": r.tar, "metadata": meta}, sort_keys=True))
-    lines += [
-        json.dumps({"file": f, "metadata": {**base, **common}}, sort_keys=True) for f in extra_files
-    ]
+    for f in extra_files:
+        alias = {"valohai.alias": named[f]} if f in named else {}
+        lines.append(
+            json.dumps({"file": f, "metadata": {**base, **common, **alias}}, sort_keys=True)
+        )
     return lines

@@ -84,6 +84,7 @@ def finish(
     target: metadata.DatasetTarget | None,
     version: Callable[[Sequence[metadata.ShardRecord]], Version],
     carried: Path | None = None,
+    manifest_alias: str | None = None,
 ) -> None:
     """Publish the manifest (of the whole ``version``: an increment's carries its base's
     rows), the summary, the wids index of the version's tars and the Valohai metadata (dataset
@@ -108,5 +109,6 @@ def finish(
         target,
         [TEST_MODE_TAG] if paths.test_mode else [],
         {"mountproc.job": paths.job, "source": summary["source"]},
+        {paths.manifest: manifest_alias} if manifest_alias and not paths.test_mode else {},
     )
     metadata_file.update(paths.outputs, paths.root, paths.owns, lines)

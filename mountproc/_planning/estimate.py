@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 
 from mountproc._job import Job
 from mountproc._listing.sharding import Plan, ShardBounds, test_subset, write_plan
-from mountproc._listing.stage import entries_listed, list_and_shard, lister
+from mountproc._listing.stage import Lister, entries_listed, list_and_shard, lister
 from mountproc._mounts.preflight import preflight_source
 from mountproc._outputs.increment import Increment
 from mountproc._outputs.layout import RunPaths
-from mountproc._outputs.lineage import lineage, plan_increment
+from mountproc._outputs.lineage import Lineage, lineage, plan_increment
 from mountproc._planning.timing import time_files
 from mountproc._records import JobRef
 from mountproc._resolve import ResolvedRun
@@ -80,13 +80,7 @@ def plan_job(job: Job, ref: JobRef, run: ResolvedRun, timed: int = TIMED_FILES) 
         paths = RunPaths(whole.outputs, whole.scratch, job.name)
         paths.shards.mkdir(parents=True)
         started = time.perf_counter()
-        where = partial(lister, whole, mount, None)
-        found = None
-        if line.previous is None:
-            plan, entries = list_and_shard(job, whole, paths.listing, paths.plan, where)
-        else:
-            listed = partial(entries_listed, job, whole, where)
-            plan, entries, found = plan_increment(line, whole, paths, listed)
+        plan, entries, found = _listed(job, whole, paths, partial(lister, whole, mount, None), line)
         listing_s = time.perf_counter() - started
         largest = _largest_shard(paths.plan)
         paths.plan.unlink()  # each plan is a copy of the listing: keep one at a time
@@ -120,6 +114,15 @@ def plan_job(job: Job, ref: JobRef, run: ResolvedRun, timed: int = TIMED_FILES) 
         increment=found,
         since=str(line.previous.manifest) if line.previous is not None else None,
     )
+
+
+def _listed(
+    job: Job, run: ResolvedRun, paths: RunPaths, where: Lister, line: Lineage
+) -> tuple[Plan, int, Increment | None]:
+    """List and shard as the run would: the whole tree, or an increment's changes."""
+    if line.previous is None:
+        return (*list_and_shard(job, run, paths.listing, paths.plan, where), None)
+    return plan_increment(line, run, paths, partial(entries_listed, job, run, where))
 
 
 def _largest_shard(plan: Path) -> tuple[int, int]:

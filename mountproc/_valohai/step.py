@@ -24,6 +24,9 @@ DISTRIBUTED_ENV = {"name": "VH_DOCKER_NETWORK", "default": "host"}
 """Members of a distributed task reach the primary's scheduler on its private IP: host
 networking exposes the port (as in Valohai's own distributed examples)."""
 
+INPUTS_DIR = "/valohai/inputs"
+SINCE_INPUT = "previous-manifest"
+
 _TYPES: dict[type, str] = {bool: "flag", int: "integer", float: "float", str: "string"}
 
 
@@ -37,6 +40,7 @@ class StepOptions:
     install: str = f"pip install mountproc=={__version__}"
     mount_source: str = "nfs-server.internal:/share"
     distributed: int = 0  # members of a distributed task; 0: none
+    since_input: bool = False  # an optional input for the previous run's manifest (--since)
 
 
 def valohai_config(job: Job, opts: StepOptions) -> list[dict[str, Any]]:
@@ -72,7 +76,9 @@ def _step(job: Job, opts: StepOptions, name: str) -> dict[str, Any]:
     run = f"mountproc run {opts.job_file}"
     if destination != job.source:
         run += f" --source {destination}"
-    return {
+    if opts.since_input:  # left empty (the first run): a full run
+        run += f" --since {INPUTS_DIR}/{SINCE_INPUT}"
+    step: dict[str, Any] = {
         "name": name,
         "image": opts.image,
         "command": [opts.install, run + " {parameters}"],
@@ -85,6 +91,22 @@ def _step(job: Job, opts: StepOptions, name: str) -> dict[str, Any]:
             }
         ],
         "parameters": _setting_parameters(job) + _job_parameters(job),
+    }
+    if opts.since_input:
+        step["inputs"] = [_since_input(job)]
+    return step
+
+
+def _since_input(job: Job) -> dict[str, Any]:
+    """The optional input of an increment: the manifest of the run it builds on."""
+    return {
+        "name": SINCE_INPUT,
+        "optional": True,
+        "description": (
+            f"The previous run's {job.name}-manifest.parquet (e.g. datum://{job.name}-manifest-"
+            "latest, with --manifest-alias): only what changed since is processed. Empty: a "
+            "full run."
+        ),
     }
 
 

@@ -5,6 +5,7 @@ over the final tree."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,7 +19,7 @@ from distributed import Client, LocalCluster
 from helpers import read_manifest, read_metadata, run_cli
 
 import mountproc
-from mountproc import SettingsError, UsageError
+from mountproc import UsageError
 from mountproc._outputs.verify import conclusion, verify_outputs
 
 JOB = """
@@ -145,7 +146,13 @@ def test_three_increments_give_the_samples_of_a_fresh_run(tmp_path: Path, client
     w.write("b/2.txt", b"b file 2, edited\n")
     (w.src / "c/1.txt").unlink()
     expected = must_process(days[-1], "grow", {"a/new.txt", "b/2.txt"}, {"c/1.txt"})
-    summary, seen = w.run("day2", since=days[-1], dataset="dataset://grow/v2")
+    summary, seen = w.run(
+        "day2", since=days[-1], dataset="dataset://grow/v2", manifest_alias="grow-latest"
+    )
+    aliased = {
+        m["file"] for m in read_metadata(tmp_path / "day2") if "valohai.alias" in m["metadata"]
+    }
+    assert aliased == {"grow-manifest.parquet"}  # datum://grow-latest: tomorrow's --since
     assert sorted(seen) == sorted(expected)  # each file once, only those
     assert len(seen) < len(w.files())
     inc = summary["increment"]
@@ -239,21 +246,78 @@ def test_an_empty_previous_directory_means_a_full_run(tmp_path: Path, client: Cl
     summary, seen = w.run("out", since=tmp_path / "no-manifest-yet")
     assert seen == ["z/0.txt"]
     assert summary["increment"] is None
+    summary, seen = w.run("test", since=tmp_path / "out", test_mode=True)
+    assert seen == ["z/0.txt"]  # a smoke test of the same step: --since is ignored, said once
+    assert summary["increment"] is None
+    assert summary["test_mode"]
+
+
+@pytest.mark.cluster
+def test_on_valohai_an_input_left_out_means_a_full_run(
+    tmp_path: Path, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An optional input that was not given may not exist at all: on Valohai that is no
+    earlier run (elsewhere a missing PREVIOUS is a mistake, below)."""
+    monkeypatch.setenv("VH_JOB_ID", "1234")
+    w = World(tmp_path, client)
+    w.write("z/0.txt", b"zero\n")
+    summary, seen = w.run(
+        "out", since=tmp_path / "inputs" / "previous-manifest", strict_mounts=False
+    )
+    assert seen == ["z/0.txt"]
+    assert summary["increment"] is None
 
 
 def test_bad_previous_runs_are_one_clear_line(tmp_path: Path) -> None:
     w = World(tmp_path, None)  # type: ignore[arg-type]  # nothing runs
     w.write("z/0.txt", b"zero\n")
-    common = {"source": w.src, "outputs": tmp_path / "out", "scratch": tmp_path / "s"}
+    common: dict[str, Any] = {
+        "source": w.src,
+        "outputs": tmp_path / "out",
+        "scratch": tmp_path / "s",
+    }
     with pytest.raises(UsageError, match=r"earlier run not found: .*missing"):
         mountproc.run(str(w.job), since=tmp_path / "missing", **common)
-    with pytest.raises(SettingsError, match="not in --test-mode"):
-        mountproc.run(str(w.job), since=tmp_path, test_mode=True, **common)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("not a run\n")
     with pytest.raises(UsageError, match=r"holds no grow-manifest\.parquet"):
         mountproc.run(str(w.job), since=tmp_path / "other", **common)
     assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+@pytest.mark.cluster
+def test_the_base_version_is_never_guessed(tmp_path: Path, client: Client) -> None:
+    w = World(tmp_path, client)
+    w.write("z/0.txt", b"zero\n")
+    w.run("first")  # registered no dataset version
+    w.write("z/1.txt", b"one\n")
+    with pytest.raises(UsageError, match=r"registered no dataset version: pass --dataset-from"):
+        w.run("second", since=tmp_path / "first", dataset="dataset://grow/v2")
+    assert not (tmp_path / "second").exists()
+    summary, seen = w.run(
+        "second", since=tmp_path / "first", dataset="dataset://grow/v2",
+        dataset_from="dataset://grow/v1",
+    )  # fmt: skip
+    assert seen == ["z/1.txt"]
+    assert summary["dataset_from"] == "dataset://grow/v1"
+    (entry,) = {
+        json.dumps(m["metadata"]["valohai.dataset-versions"])
+        for m in read_metadata(tmp_path / "second")
+    }
+    assert json.loads(entry) == [
+        {"uri": "dataset://grow/v2", "from": "dataset://grow/v1", "packaging": True}
+    ]
+
+
+@pytest.mark.cluster
+def test_an_increment_never_writes_over_its_earlier_run(tmp_path: Path, client: Client) -> None:
+    w = World(tmp_path, client)
+    w.write("z/0.txt", b"zero\n")
+    w.run("out")
+    before = sorted(p.name for p in (tmp_path / "out").iterdir())
+    with pytest.raises(UsageError, match="this run's own outputs directory"):
+        w.run("out", since=tmp_path / "out", fresh=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == before
 
 
 @pytest.mark.cluster

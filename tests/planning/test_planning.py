@@ -170,7 +170,7 @@ def test_the_estimate_counts_an_existing_clusters_threads(tmp_path: Path) -> Non
     make_demo_tree(src, count=12)
     ref, job = _resize()
     with LocalCluster(  # type: ignore[no-untyped-call]
-        n_workers=2, threads_per_worker=3, processes=False, dashboard_address=None
+        n_workers=2, threads_per_worker=3, processes=False, dashboard_address=":0"
     ) as cluster:
         run = _resolved(job, src, tmp_path / "out", scheduler=cluster.scheduler_address)
         report = plan_job(job, ref, run, timed=2)

@@ -29,6 +29,7 @@ EXPECTED_PARAMETERS = {
     "mount_timeout": ("float", 30.0),
     "size": ("integer", 224),
     "quality": ("integer", 90),
+    "manifest_alias": ("string", None),
 }
 
 
@@ -267,3 +268,49 @@ def test_the_step_names_the_job_file_relative_to_the_repository_root() -> None:
     text = _mountproc_yaml("yaml", str(REPO / "jobs" / "resize_images.py"))
     (step,) = valohai_yaml.parse(text).steps.values()
     assert step.command[1] == "mountproc run jobs/resize_images.py {parameters}"
+
+
+def test_the_since_input_is_optional_and_feeds_since(tmp_path: Path) -> None:
+    """``--since-input``: an optional input for the previous manifest, handed to --since; the
+    manifest's alias is a parameter, off the command line unless set."""
+    text = _mountproc_yaml("yaml", "jobs/resize_images.py", "--since-input")
+    assert _lint_text(text, tmp_path) == []
+    step = valohai_yaml.parse(text).steps["resize-images"]
+    (given,) = step.inputs.values()
+    assert (given.name, given.optional, given.default) == ("previous-manifest", True, None)
+    command = shlex.split(" ".join(step.build_command({"manifest_alias": "grow-latest"})))
+    at = command.index("--since")
+    assert command[at + 1] == "/valohai/inputs/previous-manifest"
+    assert "--manifest_alias=grow-latest" in command
+    assert not any("manifest_alias" in word for word in " ".join(step.build_command({})).split())
+
+
+def _vh_commands(section: str) -> list[list[str]]:
+    """The ``vh execution run`` commands of a section of docs/valohai.md, split into words."""
+    text = (REPO / "docs" / "valohai.md").read_text()
+    body = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return [shlex.split(line) for line in body.splitlines() if line.startswith("vh execution run")]
+
+
+def test_the_daily_ingest_commands_parse_with_valohai_cli() -> None:
+    """valohai-cli builds its options from the step (a parameter ``manifest_alias`` becomes
+    ``--manifest-alias``, an input ``--previous-manifest``): its own builder parses the recipe's
+    commands, without network, against the step ``--since-input`` prints."""
+    from valohai_cli.commands.execution.run.dynamic_run_command import RunCommand
+    from valohai_cli.models.project import Project
+
+    text = _mountproc_yaml(
+        "yaml", "jobs/resize_images.py", "--since-input", "--step-name", "my-job"
+    )
+    step = valohai_yaml.parse(text).steps["my-job"]
+    commands = _vh_commands("Daily ingest")
+    assert len(commands) == 2
+    seen = []
+    for words in commands:
+        assert words[:4] == ["vh", "execution", "run", "my-job"]
+        args = [w for w in words[4:] if w != "--adhoc"]
+        command = RunCommand(Project({"id": "p", "name": "p"}, str(REPO)), step, "c")
+        values = command.make_context("my-job", args).params
+        assert values["~manifest_alias"] == "images-manifest-latest"
+        seen.append(values["^previous-manifest"])
+    assert seen == [(), ("datum://images-manifest-latest",)]  # the first run: no input
