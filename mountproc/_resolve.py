@@ -101,6 +101,11 @@ def resolve(
             "this is a Valohai distributed task, whose primary member starts the scheduler "
             f"itself: drop --scheduler {settings.scheduler}"
         )
+    if distributed is not None and settings.cluster:
+        raise SettingsError(
+            "this is a Valohai distributed task, whose members are the workers: drop "
+            f"--cluster {settings.cluster}"
+        )
     if distributed is not None and settings.tls_cert is None:
         log.warning(
             "the members of this distributed task talk in clear text, and anything on their "

@@ -25,6 +25,9 @@ from pydantic_settings import (
 from mountproc._errors import SettingsError
 from mountproc._job import check_dataset_uri
 
+ClusterKind = Literal["slurm", "pbs", "sge", "lsf", "htcondor", "oar", "moab"]
+"""The batch schedulers dask-jobqueue starts workers on."""
+
 
 def _env(name: str, *extra: str) -> AliasChoices:
     return AliasChoices(name, f"MOUNTPROC_{name.upper()}", *extra)
@@ -122,7 +125,10 @@ class RunSettings(BaseSettings):
         100, "Files in the test-mode subset (default 100).", ge=1, valohai=True
     )
     workers: int | None = _setting(
-        None, "Workers of the embedded local cluster (default: CPUs).", ge=1
+        None,
+        "Workers of the embedded local cluster (default: CPUs), or worker jobs with --cluster "
+        "(default 1).",
+        ge=1,
     )
     threads_per_worker: int = _setting(1, "Threads per local worker (default 1).", ge=1)
     scheduler: str | None = _setting(
@@ -142,6 +148,24 @@ class RunSettings(BaseSettings):
         "them; the embedded cluster's workers declare them).",
         metavar="NAME=N,...",
     )
+    cluster: ClusterKind | None = _setting(
+        None,
+        "Start the Dask workers as batch jobs of this scheduler (dask-jobqueue, from the "
+        "jobqueue.KIND section of the Dask config); cancelled when the run ends.",
+    )
+    adapt: str | None = _setting(
+        None,
+        "With --cluster: adapt between MIN and MAX worker jobs to the work left (instead of "
+        "--workers).",
+        metavar="MIN:MAX",
+    )
+    worker_memory: ByteSize | None = _setting(
+        None,
+        "Memory limit of each embedded worker, or of each --cluster worker job (instead of "
+        "jobqueue.KIND.memory), e.g. 4GiB.",
+        metavar="LIMIT",
+        gt=0,
+    )
     tls_ca_file: Path | None = _setting(
         None, "CA certificate of a tls:// scheduler.", metavar="FILE"
     )
@@ -159,7 +183,7 @@ class RunSettings(BaseSettings):
     crawl: Literal["auto", "driver", "cluster"] = _setting(
         "auto",
         "Where the tree is listed: here, or on the cluster's workers (auto: on the workers of an "
-        "existing or distributed cluster).",
+        "existing, batch-job or distributed cluster).",
     )
     crawl_threads: int | None = _setting(
         None,
@@ -234,6 +258,23 @@ class RunSettings(BaseSettings):
             raise ValueError("--dataset-from and --dataset-start-fresh contradict each other")
         return self
 
+    @field_validator("adapt")
+    @classmethod
+    def _adapt(cls, v: str | None) -> str | None:
+        if v:
+            parse_adapt(v)
+        return v or None
+
+    @property
+    def adapt_bounds(self) -> tuple[int, int] | None:
+        """The parsed ``--adapt`` (None: a fixed number of worker jobs)."""
+        return parse_adapt(self.adapt) if self.adapt else None
+
+    @model_validator(mode="after")
+    def _cluster_rules(self) -> RunSettings:
+        check_cluster_rules(self)
+        return self
+
     @model_validator(mode="after")
     def _tls(self) -> RunSettings:
         check_tls(self.tls_ca_file, self.tls_cert, self.tls_key, self.scheduler)
@@ -289,6 +330,35 @@ def parse_resources(text: str) -> dict[str, float]:
             raise ValueError(f"{item.strip()!r} is not NAME=AMOUNT (e.g. GPU=1)")
         out[name] = amount
     return out
+
+
+def parse_adapt(text: str) -> tuple[int, int]:
+    """``"0:8"`` as adaptive bounds on worker jobs; raise ValueError saying what is wrong."""
+    m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+    if not m:
+        raise ValueError(f"{text!r} is not MIN:MAX worker jobs (e.g. 0:8)")
+    low, high = int(m.group(1)), int(m.group(2))
+    if high < 1 or low > high:
+        raise ValueError(f"{text!r}: MAX must be at least 1 and at least MIN (e.g. 0:8)")
+    return low, high
+
+
+def check_cluster_rules(s: RunSettings) -> None:
+    """Raise ValueError when the cluster settings contradict each other."""
+    existing = "--scheduler" if s.scheduler else "--scheduler-file" if s.scheduler_file else None
+    if s.cluster and existing:
+        raise ValueError(
+            f"--cluster {s.cluster} starts a cluster, {existing} names an existing one: give one"
+        )
+    if s.adapt and not s.cluster:
+        raise ValueError("--adapt adapts the worker jobs of --cluster: add --cluster KIND")
+    if s.adapt and s.workers is not None:
+        raise ValueError("--workers N and --adapt MIN:MAX contradict each other: give one")
+    if s.worker_memory is not None and existing:
+        raise ValueError(
+            f"--worker-memory limits the workers mountproc starts, not those of {existing}: "
+            "start them with dask worker --memory-limit, or drop --worker-memory"
+        )
 
 
 def check_tls(
