@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 from distributed import Client
@@ -74,10 +75,15 @@ def check_workers(client: Client, check: WorkerCheck) -> None:
             )
     own = sorted(worker for worker, shared in outcomes.items() if shared is False)
     log.info("%d worker(s) see the source as this machine does", len(outcomes))
+    scratch = Path(check.token_path).parent
     if own:
         log.info(
-            "%d worker(s) cannot see this machine's scratch (%s): their tars are copied over "
-            "the Dask connection",
+            "scratch %s is node-local for %d of %d worker(s) (%s): they build tars on their "
+            "own disk, copied here over the Dask connection",
+            scratch,
             len(own),
+            len(outcomes),
             ", ".join(own),
         )
+    elif outcomes:
+        log.info("scratch %s is shared with every worker: tars are built in place", scratch)
