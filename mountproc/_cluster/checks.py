@@ -49,9 +49,11 @@ def _minor(version: str | None) -> str | None:
 
 
 def _check_named(check: WorkerCheck, dask_worker: Any = None) -> bool:
-    """Run on a worker by ``Client.run``, which passes the worker when asked for it."""
-    name = getattr(dask_worker, "address", None) or socket.gethostname()
-    return check_worker(check, name)
+    """Run on a worker by ``Client.run``, which passes the worker when asked for it; a worker
+    is named by its address and its machine (a batch job's node)."""
+    address = getattr(dask_worker, "address", None)
+    host = socket.gethostname()
+    return check_worker(check, f"{address} on {host}" if address else host)
 
 
 def check_workers(client: Client, check: WorkerCheck) -> None:
