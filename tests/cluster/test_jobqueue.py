@@ -186,6 +186,17 @@ def test_a_cancelled_worker_job_is_replaced_and_the_tars_are_the_same(
     wait_until(lambda: not slurm.jobs(), 30, "the worker jobs have left squeue")
 
 
+def test_check_with_a_cluster_checks_the_worker_jobs_and_cancels_them(
+    tmp_path: Path, photos: Path, slurm: SlurmCluster, hpc_env: dict[str, str]
+) -> None:
+    proc = run_cli("check", RESIZE_JOB, "--source", photos, "--outputs", tmp_path / "out",
+                   "--cluster", "slurm", "--workers", "2", cwd=tmp_path, env=hpc_env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "checked at slurm worker jobs (cancelled again), all alike" in proc.stdout
+    assert "see the source as this machine does" in proc.stderr
+    wait_until(lambda: not slurm.jobs(), 30, "the worker jobs have left squeue")
+
+
 def _resolved(tmp_path: Path, **settings: Any) -> Any:
     (tmp_path / "src").mkdir(exist_ok=True)
     return resolve(Job(name="mem"), {"source": tmp_path / "src", **settings}, {}, {})
