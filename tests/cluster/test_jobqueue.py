@@ -5,10 +5,11 @@ mistakes around ``--cluster``, ``--adapt`` and ``--worker-memory`` as one line."
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,12 +97,21 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+Midway = Callable[["subprocess.Popen[bytes]", list[str]], None]
+"""Done once, when the first tar is published and both worker jobs run: given the run's
+process and the running jobs' ids."""
+
+
 def _run_watching(
-    args: list[object], cwd: Path, env: dict[str, str], slurm: SlurmCluster, cancel: bool = False
+    args: list[object],
+    cwd: Path,
+    env: dict[str, str],
+    slurm: SlurmCluster,
+    midway: Midway | None = None,
 ) -> tuple[int, str, list[dict[str, str]]]:
-    """Run ``mountproc`` while watching ``squeue``; with ``cancel``, scancel one of two running
-    worker jobs once the first tar is published. Return the exit code, stderr and every
-    different queue seen."""
+    """Run ``mountproc`` while watching ``squeue``, doing ``midway`` once the first tar is
+    published with two worker jobs running. Return the exit code, stderr and every different
+    queue seen."""
     err = cwd / f"stderr-{time.monotonic_ns()}.txt"
     with err.open("w") as stderr:
         cmd = [sys.executable, "-m", "mountproc", *map(str, args)]
@@ -109,19 +119,18 @@ def _run_watching(
                                 stderr=stderr)  # fmt: skip
         queues: list[dict[str, str]] = [{}]
         outputs = Path(str(args[args.index("--outputs") + 1]))
-        cancelled = not cancel
         deadline = time.monotonic() + 150
         while proc.poll() is None and time.monotonic() < deadline:
             queue = slurm.jobs()
             if queue != queues[-1]:
                 queues.append(queue)
             running = slurm.running()
-            if not cancelled and list(outputs.glob("*.tar")) and len(running) == 2:
-                slurm.command("scancel", running[0])
-                cancelled = True
+            if midway is not None and list(outputs.glob("*.tar")) and len(running) == 2:
+                midway(proc, running)
+                midway = None
             time.sleep(0.2)
-        code = proc.wait(timeout=30)
-    assert cancelled, "the run ended before a worker job could be cancelled"
+        code = proc.wait(timeout=60)
+    assert midway is None, "the run ended before its midway step"
     return code, err.read_text(), queues
 
 
@@ -177,12 +186,38 @@ def test_a_cancelled_worker_job_is_replaced_and_the_tars_are_the_same(
     out = tmp_path / "slurm"
     args: list[object] = ["run", job, "--source", photos, "--shard-max-files", "2"]
     args += ["--outputs", out, "--cluster", "slurm", "--workers", "2"]
-    code, stderr, queues = _run_watching(args, tmp_path, hpc_env, slurm, cancel=True)
+
+    def scancel(proc: subprocess.Popen[bytes], running: list[str]) -> None:
+        slurm.command("scancel", running[0])
+
+    code, stderr, queues = _run_watching(args, tmp_path, hpc_env, slurm, scancel)
     assert code == 0, stderr
     assert tar_digests(out) == expected
     ids = {job_id for queue in queues for job_id in queue}
     assert len(ids) == 3, queues  # two jobs, then the one that replaced the cancelled job
     assert "left the cluster (cancelled, out of walltime, or its node failed)" in stderr
+    wait_until(lambda: not slurm.jobs(), 30, "the worker jobs have left squeue")
+
+
+def test_sigterm_to_the_run_cancels_its_worker_jobs(
+    tmp_path: Path, photos: Path, slurm: SlurmCluster, hpc_env: dict[str, str]
+) -> None:
+    """SIGTERM (how Slurm stops a driver at its time limit): what is complete is published,
+    the worker jobs are cancelled, exit 143."""
+    job = tmp_path / "slow.py"
+    job.write_text(SLOW_JOB)
+    out = tmp_path / "slurm"
+    args: list[object] = ["run", job, "--source", photos, "--shard-max-files", "2"]
+    args += ["--outputs", out, "--cluster", "slurm", "--workers", "2"]
+
+    def terminate(proc: subprocess.Popen[bytes], running: list[str]) -> None:
+        proc.send_signal(signal.SIGTERM)
+
+    code, stderr, _ = _run_watching(args, tmp_path, hpc_env, slurm, terminate)
+    assert code == 143, stderr
+    assert "cancelled 2 slurm worker job(s)" in stderr
+    assert "Traceback" not in stderr
+    assert 1 <= len(tar_digests(out)) < 16
     wait_until(lambda: not slurm.jobs(), 30, "the worker jobs have left squeue")
 
 
