@@ -80,12 +80,14 @@ def check_workers(client: Client, check: WorkerCheck) -> None:
     scratch = Path(check.token_path).parent
     if own:
         log.info(
-            "scratch %s is node-local for %d of %d worker(s) (%s): they build tars on their "
-            "own disk, copied here over the Dask connection",
+            "%d worker(s) cannot see this machine's scratch (%s): scratch %s is node-local for "
+            "%d of %d worker(s), which build their tars on their own disk, copied here over the "
+            "Dask connection",
+            len(own),
+            ", ".join(own),
             scratch,
             len(own),
             len(outcomes),
-            ", ".join(own),
         )
     elif outcomes:
         log.info("scratch %s is shared with every worker: tars are built in place", scratch)
