@@ -23,7 +23,8 @@ from pydantic_settings import (
 
 from mountproc._errors import SettingsError
 from mountproc._job import Job
-from mountproc._settings import RunSettings, check_tls
+from mountproc._setting_values import check_tls
+from mountproc._settings import RunSettings
 from mountproc._valohai import environment as _valohai
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,11 @@ def resolve(
         raise SettingsError(
             "this is a Valohai distributed task, whose primary member starts the scheduler "
             f"itself: drop --scheduler {settings.scheduler}"
+        )
+    if distributed is not None and settings.cluster:
+        raise SettingsError(
+            "this is a Valohai distributed task, whose members are the workers: drop "
+            f"--cluster {settings.cluster}"
         )
     if distributed is not None and settings.tls_cert is None:
         log.warning(

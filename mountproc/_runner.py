@@ -18,8 +18,9 @@ from mountproc import __version__
 from mountproc._cluster.client import Client
 from mountproc._cluster.connect import connect
 from mountproc._cluster.feed import Feed, reporting
+from mountproc._cluster.jobqueue import cluster_class
 from mountproc._cluster.placement import crawl_on_cluster
-from mountproc._cluster.stream import TaskStream, WorkerWatch, executor, worker_count
+from mountproc._cluster.stream import TaskStream, WorkerWatch, executor, thread_count
 from mountproc._cluster.transfer import brought
 from mountproc._errors import (
     FailureBudgetExceeded,
@@ -99,6 +100,8 @@ class Run:
         """Run the job; per-file failures are counted, never raised. A run stopped by Ctrl-C,
         SIGTERM or a failing environment still publishes what is complete, then raises."""
         started, started_at = time.monotonic(), _utc_now()
+        if self.given_client is None and self.settings.cluster:
+            cluster_class(self.settings.cluster)  # dask-jobqueue is there, before any work
         self.line = lineage(self.resolved, self.job.name)
         self.paths = replace(self.paths, increment=self.line.number)
         checked = preflight(self.resolved, self.job.readonly)
@@ -260,7 +263,7 @@ class Run:
             key=lambda spec: (
                 f"mountproc-{spec.tar_name.removesuffix('.tar')}-{spec.job.digest[:8]}"
             ),
-            window=2 * max(1, worker_count(client)) * s.threads_per_worker,
+            window=lambda: 2 * max(1, thread_count(client)),  # follows workers that join
             resources=s.resource_needs,
         )
         self._emit()  # the starting point: what earlier runs already did

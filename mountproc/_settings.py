@@ -1,12 +1,10 @@
 """Every setting of a run, declared once (``RunSettings``): default, bounds, description, CLI
-metavar, and whether it is a Valohai parameter; with the failure budget and the TLS rule."""
+metavar, and whether it is a Valohai parameter; the rules between them (the values themselves:
+``_setting_values``)."""
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,46 +22,14 @@ from pydantic_settings import (
 
 from mountproc._errors import SettingsError
 from mountproc._job import check_dataset_uri
+from mountproc._setting_values import FailureBudget, check_tls, parse_adapt, parse_resources
+
+ClusterKind = Literal["slurm", "pbs", "sge", "lsf", "htcondor", "oar", "moab"]
+"""The batch schedulers dask-jobqueue starts workers on."""
 
 
 def _env(name: str, *extra: str) -> AliasChoices:
     return AliasChoices(name, f"MOUNTPROC_{name.upper()}", *extra)
-
-
-@dataclass(frozen=True)
-class FailureBudget:
-    """How many failed files a run may have: an absolute count, or a fraction of the files."""
-
-    count: int | None = None
-    fraction: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> FailureBudget:
-        """Parse ``"10"``, ``"0.05"`` or ``"5%"``."""
-        t = text.strip()
-        if re.fullmatch(r"\d+", t):
-            return cls(count=int(t))
-        m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(%?)", t)
-        if not m:
-            raise ValueError("expected a count (10), a fraction (0.05) or a percentage (5%)")
-        value = float(m.group(1)) / (100 if m.group(2) else 1)
-        if not 0 <= value <= 1:
-            raise ValueError("a fraction must be between 0 and 1 (or 0% and 100%)")
-        return cls(fraction=value)
-
-    def allows(self, failed: int, total: int) -> bool:
-        """True when ``failed`` files out of ``total`` are within the budget."""
-        return failed <= self.most(total)
-
-    def most(self, total: int) -> int:
-        """How many of ``total`` files may fail."""
-        if self.count is not None:
-            return self.count
-        # exact decimal arithmetic: 0.29 * 100 is 28.999999999999996 in floating point
-        return math.floor(Fraction(repr(self.fraction or 0.0)) * total)
-
-    def __str__(self) -> str:
-        return str(self.count) if self.count is not None else f"{(self.fraction or 0) * 100:g}%"
 
 
 def _setting(
@@ -122,7 +88,10 @@ class RunSettings(BaseSettings):
         100, "Files in the test-mode subset (default 100).", ge=1, valohai=True
     )
     workers: int | None = _setting(
-        None, "Workers of the embedded local cluster (default: CPUs).", ge=1
+        None,
+        "Workers of the embedded local cluster (default: CPUs), or worker jobs with --cluster "
+        "(default 1).",
+        ge=1,
     )
     threads_per_worker: int = _setting(1, "Threads per local worker (default 1).", ge=1)
     scheduler: str | None = _setting(
@@ -142,6 +111,24 @@ class RunSettings(BaseSettings):
         "them; the embedded cluster's workers declare them).",
         metavar="NAME=N,...",
     )
+    cluster: ClusterKind | None = _setting(
+        None,
+        "Start the Dask workers as batch jobs of this scheduler (dask-jobqueue, from the "
+        "jobqueue.KIND section of the Dask config); cancelled when the run ends.",
+    )
+    adapt: str | None = _setting(
+        None,
+        "With --cluster: adapt between MIN and MAX worker jobs to the work left (instead of "
+        "--workers).",
+        metavar="MIN:MAX",
+    )
+    worker_memory: ByteSize | None = _setting(
+        None,
+        "Memory limit of each embedded worker, or of each --cluster worker job (instead of "
+        "jobqueue.KIND.memory), e.g. 4GiB.",
+        metavar="LIMIT",
+        gt=0,
+    )
     tls_ca_file: Path | None = _setting(
         None, "CA certificate of a tls:// scheduler.", metavar="FILE"
     )
@@ -159,7 +146,7 @@ class RunSettings(BaseSettings):
     crawl: Literal["auto", "driver", "cluster"] = _setting(
         "auto",
         "Where the tree is listed: here, or on the cluster's workers (auto: on the workers of an "
-        "existing or distributed cluster).",
+        "existing, batch-job or distributed cluster).",
     )
     crawl_threads: int | None = _setting(
         None,
@@ -258,6 +245,23 @@ class RunSettings(BaseSettings):
             raise ValueError("--dataset-from and --dataset-start-fresh contradict each other")
         return self
 
+    @field_validator("adapt")
+    @classmethod
+    def _adapt(cls, v: str | None) -> str | None:
+        if v:
+            parse_adapt(v)
+        return v or None
+
+    @property
+    def adapt_bounds(self) -> tuple[int, int] | None:
+        """The parsed ``--adapt`` (None: a fixed number of worker jobs)."""
+        return parse_adapt(self.adapt) if self.adapt else None
+
+    @model_validator(mode="after")
+    def _cluster_rules(self) -> RunSettings:
+        check_cluster_rules(self)
+        return self
+
     @model_validator(mode="after")
     def _increment(self) -> RunSettings:
         since = self.since or self.retry_failed
@@ -312,43 +316,19 @@ class RunSettings(BaseSettings):
         return FailureBudget.parse(self.max_failures)
 
 
-def parse_resources(text: str) -> dict[str, float]:
-    """``GPU=1,MEMORY=2e9`` as Dask resources; raise ValueError naming a bad item."""
-    out: dict[str, float] = {}
-    for item in text.split(","):
-        name, sep, value = item.strip().partition("=")
-        try:
-            amount = float(value)
-        except ValueError:
-            amount = -1.0
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name) or amount <= 0:
-            raise ValueError(f"{item.strip()!r} is not NAME=AMOUNT (e.g. GPU=1)")
-        out[name] = amount
-    return out
-
-
-def check_tls(
-    ca_file: Path | None, cert: Path | None, key: Path | None, scheduler: str | None
-) -> bool:
-    """Whether TLS files are given; raise ValueError when they come without each other, without
-    a ``tls://`` scheduler that needs them, or with a scheduler that would not use them."""
-    files = {"--tls-ca-file": ca_file, "--tls-cert": cert, "--tls-key": key}
-    given = [flag for flag, path in files.items() if path is not None]
-    if given and len(given) < len(files):
-        missing = ", ".join(flag for flag in files if flag not in given)
-        raise ValueError(f"TLS needs --tls-ca-file, --tls-cert and --tls-key: {missing} missing")
-    if scheduler and scheduler.startswith("tls://") and not given:
+def check_cluster_rules(s: RunSettings) -> None:
+    """Raise ValueError when the cluster settings contradict each other."""
+    existing = "--scheduler" if s.scheduler else "--scheduler-file" if s.scheduler_file else None
+    if s.cluster and existing:
         raise ValueError(
-            f"the scheduler {scheduler} uses TLS: pass --tls-ca-file, --tls-cert and --tls-key "
-            "(the CA that signed the scheduler's certificate, and this client's certificate "
-            "and key)"
+            f"--cluster {s.cluster} starts a cluster, {existing} names an existing one: give one"
         )
-    if given and scheduler and not scheduler.startswith("tls://"):
+    if s.adapt and not s.cluster:
+        raise ValueError("--adapt adapts the worker jobs of --cluster: add --cluster KIND")
+    if s.adapt and s.workers is not None:
+        raise ValueError("--workers N and --adapt MIN:MAX contradict each other: give one")
+    if s.worker_memory is not None and existing:
         raise ValueError(
-            f"TLS files were given but the scheduler address {scheduler} is not tls://: use "
-            "tls://HOST:PORT, or drop the --tls-* options"
+            f"--worker-memory limits the workers mountproc starts, not those of {existing}: "
+            "start them with dask worker --memory-limit, or drop --worker-memory"
         )
-    for flag, path in files.items():
-        if path is not None and not path.is_file():
-            raise ValueError(f"{flag} {path}: no such file")
-    return bool(given)

@@ -1,6 +1,6 @@
 """The package's layout holds: worker-side code imports no Dask, only ``_cluster`` imports
-``distributed``, stages never import the runner or the CLI, modules and functions stay short,
-and ``import mountproc`` stays light."""
+``distributed`` and ``dask_jobqueue``, stages never import the runner or the CLI, modules and
+functions stay short, and ``import mountproc`` stays light."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from helpers.pinned import JOB, make_tree
 PACKAGE = REPO / "mountproc"
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 50
-DASK = ("dask", "distributed")
+DASK = ("dask", "distributed", "dask_jobqueue")
 
 
 def _modules() -> list[Path]:

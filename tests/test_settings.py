@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict
 from mountproc._errors import SettingsError
 from mountproc._job import Job
 from mountproc._resolve import ResolvedRun, flag_name, resolve
-from mountproc._settings import FailureBudget, RunSettings
+from mountproc._setting_values import FailureBudget
+from mountproc._settings import RunSettings
 
 ENV_PREFIXES = ("MOUNTPROC_", "VH_", "DASK_")
 BARE_NAMES = {name.upper() for name in RunSettings.model_fields} | {"TEST_MODE"}

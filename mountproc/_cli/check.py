@@ -1,5 +1,5 @@
 """``mountproc check``: the settings and the mount checks, on this machine and, with
-``--scheduler``, on every worker; nothing runs."""
+``--scheduler`` or ``--cluster``, on every worker; nothing runs."""
 
 from __future__ import annotations
 
@@ -34,12 +34,14 @@ def check(ctx: click.Context, /, job_file: str, **values: Any) -> None:
         started = time.monotonic()
         checked = preflight(resolved, job.readonly)
         _print_check(checked, time.monotonic() - started)
-        if resolved.settings.scheduler:
+        s = resolved.settings
+        if s.scheduler or s.cluster:
             from mountproc._cluster.connect import check_cluster  # Dask only when needed
 
             token = RunPaths(resolved.outputs, resolved.scratch, job.name).token
             workers = check_cluster(resolved, token, checked.mount)
-            click.echo(f"workers: {workers} checked at {resolved.settings.scheduler}, all alike")
+            where = s.scheduler or f"{s.cluster} worker jobs (cancelled again)"
+            click.echo(f"workers: {workers} checked at {where}, all alike")
         _print_settings(resolved)
         click.echo("preflight ok")
 

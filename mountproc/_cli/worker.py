@@ -11,7 +11,7 @@ import click
 from mountproc._cli.guard import become, guarded
 from mountproc._cli.main import main
 from mountproc._errors import SettingsError
-from mountproc._settings import check_tls
+from mountproc._setting_values import check_tls
 
 
 @main.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 from distributed import Client
@@ -48,9 +49,11 @@ def _minor(version: str | None) -> str | None:
 
 
 def _check_named(check: WorkerCheck, dask_worker: Any = None) -> bool:
-    """Run on a worker by ``Client.run``, which passes the worker when asked for it."""
-    name = getattr(dask_worker, "address", None) or socket.gethostname()
-    return check_worker(check, name)
+    """Run on a worker by ``Client.run``, which passes the worker when asked for it; a worker
+    is named by its address and its machine (a batch job's node)."""
+    address = getattr(dask_worker, "address", None)
+    host = socket.gethostname()
+    return check_worker(check, f"{address} on {host}" if address else host)
 
 
 def check_workers(client: Client, check: WorkerCheck) -> None:
@@ -74,10 +77,17 @@ def check_workers(client: Client, check: WorkerCheck) -> None:
             )
     own = sorted(worker for worker, shared in outcomes.items() if shared is False)
     log.info("%d worker(s) see the source as this machine does", len(outcomes))
+    scratch = Path(check.token_path).parent
     if own:
         log.info(
-            "%d worker(s) cannot see this machine's scratch (%s): their tars are copied over "
-            "the Dask connection",
+            "%d worker(s) cannot see this machine's scratch (%s): scratch %s is node-local for "
+            "%d of %d worker(s), which build their tars on their own disk, copied here over the "
+            "Dask connection",
             len(own),
             ", ".join(own),
+            scratch,
+            len(own),
+            len(outcomes),
         )
+    elif outcomes:
+        log.info("scratch %s is shared with every worker: tars are built in place", scratch)

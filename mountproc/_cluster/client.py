@@ -64,6 +64,7 @@ class ClusterOptions:
     port: int = 0  # 0: any free port
     members: tuple[str, ...] = ()  # names of the workers (machines) that must join first
     resources: dict[str, float] | None = None  # what each embedded worker declares
+    memory_limit: int | None = None  # bytes per embedded worker (None: Dask's share of RAM)
 
 
 @contextmanager
@@ -74,7 +75,7 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
             yield client
         return
     # for the cluster's whole life: a nanny restarting a worker reads this process's config
-    with dask.config.set(NO_PROFILER), _quiet(), _local_cluster(opts) as client:
+    with dask.config.set(NO_PROFILER), quiet(), _local_cluster(opts) as client:
         yield client
 
 
@@ -90,7 +91,7 @@ workers and stuck processes itself)."""
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence the embedded cluster in this process, as ``silence_logs`` does in its workers.
     ``silence_logs`` alone quiets only a handler distributed adds to its own loggers, which it
     does not add when the application configured logging first."""
@@ -134,6 +135,7 @@ def _local_cluster(opts: ClusterOptions) -> Iterator[Client]:
             dashboard_address=f"{opts.host or '127.0.0.1'}:0",
             silence_logs=logging.CRITICAL,  # mountproc reports task failures itself
             resources=opts.resources or None,
+            memory_limit=opts.memory_limit or "auto",
         )
     except Exception as exc:
         raise ClusterError(f"cannot start a local Dask cluster: {exc}{_script_hint()}") from exc

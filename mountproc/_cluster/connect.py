@@ -13,7 +13,8 @@ from distributed import Client
 
 from mountproc._cluster.checks import check_versions, check_workers
 from mountproc._cluster.client import open_cluster
-from mountproc._cluster.placement import cluster_options
+from mountproc._cluster.jobqueue import batch_cluster
+from mountproc._cluster.placement import batch_options, cluster_options
 from mountproc._cluster.stream import worker_count
 from mountproc._errors import ClusterError
 from mountproc._mounts.source import MountReport
@@ -42,7 +43,9 @@ def connect(
     """Start or reach the cluster (closed with ``stack``), or use the caller's ``client`` (left
     open), and check every worker's view."""
     if client is None:
-        client = stack.enter_context(open_cluster(cluster_options(run)))
+        batch = batch_options(run)
+        opened = batch_cluster(batch) if batch else open_cluster(cluster_options(run))
+        client = stack.enter_context(opened)
     else:
         log.info("using the given Dask client (%s)", getattr(client.scheduler, "address", client))
         check_versions(client)

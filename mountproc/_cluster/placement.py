@@ -1,6 +1,6 @@
-"""Where a run's work goes: which cluster the settings ask for (embedded, existing, or a Valohai
-distributed task's primary), the worker command of the task's other members, and whether the
-tree is listed on the cluster."""
+"""Where a run's work goes: which cluster the settings ask for (embedded, existing, batch jobs,
+or a Valohai distributed task's primary), the worker command of the task's other members, and
+whether the tree is listed on the cluster."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import os
 from dataclasses import replace
 
 from mountproc._cluster.client import ClusterOptions, TlsFiles, worker_command
+from mountproc._cluster.jobqueue import BatchOptions
 from mountproc._cluster.members import member_worker_name
 from mountproc._resolve import ResolvedRun
 
@@ -22,11 +23,21 @@ def cluster_options(run: ResolvedRun) -> ClusterOptions:
     if s.tls_ca_file and s.tls_cert and s.tls_key:
         tls = TlsFiles(str(s.tls_ca_file), str(s.tls_cert), str(s.tls_key))
     opts = ClusterOptions(s.scheduler, s.workers, s.threads_per_worker, tls, s.worker_wait)
-    opts = replace(opts, resources=s.resource_needs or None)
+    memory = int(s.worker_memory) if s.worker_memory is not None else None
+    opts = replace(opts, resources=s.resource_needs or None, memory_limit=memory)
     task = run.distributed
     if task is None:
         return opts
     return replace(opts, host=task.primary_ip, port=s.scheduler_port, members=task.others)
+
+
+def batch_options(run: ResolvedRun) -> BatchOptions | None:
+    """The batch jobs ``--cluster`` asks for (None: no cluster of batch jobs)."""
+    s = run.settings
+    if s.cluster is None:
+        return None
+    memory = int(s.worker_memory) if s.worker_memory is not None else None
+    return BatchOptions(s.cluster, s.workers or 1, s.adapt_bounds, memory, s.worker_wait)
 
 
 def crawl_on_cluster(run: ResolvedRun) -> bool:
@@ -34,7 +45,7 @@ def crawl_on_cluster(run: ResolvedRun) -> bool:
     machines, whose NFS clients together issue more READDIRs at once than the driver's."""
     s = run.settings
     if s.crawl == "auto":
-        return bool(s.scheduler or run.distributed)
+        return bool(s.scheduler or s.cluster or run.distributed)
     return s.crawl == "cluster"
 
 

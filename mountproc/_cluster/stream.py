@@ -3,6 +3,7 @@ a cluster left without workers."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -23,9 +24,11 @@ def _located(fn: Callable[[T], R], item: T) -> tuple[str, R]:
 
 
 class TaskStream(Generic[T, R]):
-    """Runs ``fn`` on every item with at most ``window`` tasks in flight; iterating yields each
-    item with its result, or with the exception that ended it (a lost worker, an error in
-    ``fn``, a cancellation), and the address of the worker that ran it ("" if unknown)."""
+    """Runs ``fn`` on every item with at most ``window`` tasks in flight (a number, or a function
+    asked again as tasks finish: workers of batch jobs join while the run goes on); iterating
+    yields each item with its result, or with the exception that ended it (a lost worker, an
+    error in ``fn``, a cancellation), and the address of the worker that ran it ("" if
+    unknown)."""
 
     def __init__(
         self,
@@ -33,7 +36,7 @@ class TaskStream(Generic[T, R]):
         fn: Callable[[T], R],
         items: Iterable[T],
         key: Callable[[T], str],
-        window: int,
+        window: int | Callable[[], int],
         retries: int = 1,
         resources: dict[str, float] | None = None,
     ) -> None:
@@ -41,16 +44,31 @@ class TaskStream(Generic[T, R]):
         self._resources = resources or None
         self._items = iter(items)
         self._window = window
+        self._last_size = 1
         self._pending: dict[str, tuple[T, Any]] = {}
         self._stream = as_completed()
         self._lock = threading.Lock()
         self._cancelled = False
 
-    def _submit_next(self) -> None:
+    def _size(self) -> int:
+        if callable(self._window):
+            # the scheduler did not answer: keep the last size (its loss is reported elsewhere)
+            with contextlib.suppress(Exception):
+                self._last_size = self._window()
+            return self._last_size
+        return self._window
+
+    def _fill(self) -> None:
+        """Submit items until the window is full (or the items run out)."""
+        size = max(1, self._size())
+        while len(self._pending) < size and self._submit_next():
+            pass
+
+    def _submit_next(self) -> bool:
         with self._lock:
             item = None if self._cancelled else next(self._items, None)
             if item is None:
-                return
+                return False
             fut = self._client.submit(
                 _located,
                 self._fn,
@@ -62,10 +80,10 @@ class TaskStream(Generic[T, R]):
             )
             self._pending[str(fut.key)] = (item, fut)
         self._stream.add(fut)
+        return True
 
     def __iter__(self) -> Iterator[tuple[T, R | BaseException, str]]:
-        for _ in range(self._window):
-            self._submit_next()
+        self._fill()
         for fut in self._stream:
             with self._lock:
                 item, _ = self._pending.pop(str(fut.key))
@@ -76,7 +94,7 @@ class TaskStream(Generic[T, R]):
             except Exception as exc:  # the task's own error, a lost worker, a cancellation
                 outcome = exc
             fut.release()
-            self._submit_next()
+            self._fill()
             yield item, outcome, worker
 
     def cancel(self) -> None:

@@ -49,6 +49,7 @@ def collect(
     metadata.write_record(record_path(paths.results, spec.index), record)
     tally.records.append(record)
     tally.shards_done += 1
+    tally.shards_copied += 0 if outcome.scratch_shared else 1
     tally.add(outcome.results)
 
 

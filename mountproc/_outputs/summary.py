@@ -21,6 +21,7 @@ class Tally:
     files_total: int = 0
     shards_done: int = 0
     shards_failed: int = 0
+    shards_copied: int = 0  # built on a worker's own disk (no shared scratch), copied here
     ok: int = 0
     failed: int = 0
     skipped: int = 0  # declined by the transform
@@ -84,4 +85,5 @@ class Tally:
             "shards": plan.shards,
             "shards_published": self.shards_done,
             "shards_failed": self.shards_failed,
+            "shards_copied": self.shards_copied,
         }

@@ -174,7 +174,7 @@ def test_a_worker_that_sees_the_source_differently_stops_the_run(
         stop(procs)
     assert proc.returncode == 2, proc.stderr
     assert re.search(
-        rf"worker tcp://127\.0\.0\.1:\d+ sees the source {re.escape(str(src))} differently: "
+        rf"worker tcp://127\.0\.0\.1:\d+ on \S+ sees the source {re.escape(str(src))} differently: "
         "it is mounted read-write there",
         proc.stderr,
     ), proc.stderr
