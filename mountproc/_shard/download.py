@@ -65,21 +65,26 @@ class _Urls:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._renewed: dict[tuple[str | None, str], str] = {}
+        self._renewed: dict[tuple[str | None, str | None, str], str] = {}
 
     def current(self, remote: RemoteFiles, name: str, given: str) -> str:
         """The newest URL known for the file."""
         with self._lock:
-            return self._renewed.get((remote.input_id, name), given)
+            return self._renewed.get(_key(remote, name), given)
 
     def renew(self, remote: RemoteFiles, name: str, stale: str) -> None:
         """Ask for fresh URLs of the whole input, unless another thread already got them."""
         with self._lock:
-            if self._renewed.get((remote.input_id, name), stale) != stale:
+            if self._renewed.get(_key(remote, name), stale) != stale:
                 return
-            fresh = _RETRYING(lambda: request_urls(remote))
-            self._renewed.update({(remote.input_id, n): u for n, u in fresh.items()})
+            fresh = _RETRYING(request_urls, remote)
+            self._renewed.update({_key(remote, n): u for n, u in fresh.items()})
         log.info("renewed the URLs of %d files of input %s", len(fresh), remote.input_name)
+
+
+def _key(remote: RemoteFiles, name: str) -> tuple[str | None, str | None, str]:
+    """A file of an input of an execution (the endpoint names the execution)."""
+    return remote.renew_url, remote.input_id, name
 
 
 _URLS = _Urls()
