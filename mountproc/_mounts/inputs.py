@@ -22,13 +22,13 @@ def check_input(run: ResolvedRun, found: ValohaiInput) -> MountReport:
     empty."""
     if found.on_demand:
         return _on_demand(run, found)
-    if not found.path.is_dir():
+    if not run.source.is_dir():
         raise MountError(
-            f"Valohai input {found.name}: {show(found.path)} does not exist: the input was not "
+            f"Valohai input {found.name}: {show(run.source)} does not exist: the input was not "
             "downloaded (is it declared `download: on-demand`, or optional and left empty?)"
         )
     report, _ = check_source(
-        found.path,
+        run.source,
         declared_readonly=False,
         strict=False,
         allow_writable=True,
@@ -39,7 +39,7 @@ def check_input(run: ResolvedRun, found: ValohaiInput) -> MountReport:
         "source: Valohai input %s at %s, a downloaded, read-only copy (not a mount: no mount "
         "check)",
         found.name,
-        show(found.path),
+        show(run.source),
     )
     return report
 
@@ -57,9 +57,9 @@ def _on_demand(run: ResolvedRun, found: ValohaiInput) -> MountReport:
         found.name,
         len(found.files),
     )
-    where = str(found.path)
+    where = str(run.source)
     return MountReport(
-        path=found.path,
+        path=run.source,
         realpath=where,
         mount_point=where,
         fstype=ON_DEMAND_FSTYPE,
