@@ -209,8 +209,10 @@ def _download(remote: RemoteFiles, spec: ShardSpec, tmp_dir: Path, pos: int) -> 
 
 def _drop_copy(pending: Future[SourceRead]) -> None:
     """Remove a large download's copy in scratch once its file is done."""
-    if pending.done() and pending.exception() is None and pending.result().path is not None:
-        pending.result().path.unlink(missing_ok=True)  # type: ignore[union-attr]
+    if pending.done() and not pending.cancelled() and pending.exception() is None:
+        copy = pending.result().path
+        if copy is not None:
+            copy.unlink(missing_ok=True)
 
 
 def _read(path: Path) -> SourceRead:

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from mountproc._errors import SettingsError
+from mountproc._errors import MountError, SettingsError
 from mountproc._records import FileEntry, RemoteFiles
 from mountproc._valohai.environment import VALOHAI_ROOT, config_dir
 
@@ -66,7 +66,13 @@ def remote_files(found: ValohaiInput | None, entries: Sequence[FileEntry]) -> Re
     """Where a worker downloads a shard's ``entries`` (None: they are on disk)."""
     if found is None or not found.on_demand:
         return None
-    urls = tuple(found.urls[e.path] for e in entries)
+    try:
+        urls = tuple(found.urls[e.path] for e in entries)
+    except KeyError as exc:
+        raise MountError(
+            f"Valohai input {found.name} has no file {exc.args[0]!r}, which this run's listing "
+            "holds: the input changed since the run was listed; run again with --fresh"
+        ) from None
     req = found.request
     if req is None:
         return RemoteFiles(found.name, found.input_id, urls)
@@ -113,9 +119,25 @@ def _parse_input(name: str, path: Path, data: Any, environ: Mapping[str, str]) -
     input_id = str(data.get("input_id") or (entries[0].get("input_id") if entries else "") or "")
     if not on_demand:
         return ValohaiInput(name, path, False, input_id or None, files)
+    _check_names(name, files)
     _refuse_without_urls(name, files)
     request = read_input_request(environ) if input_id else None
     return ValohaiInput(name, path, True, input_id or None, files, request)
+
+
+def _check_names(name: str, files: tuple[InputFile, ...]) -> None:
+    """An on-demand file's name is its path in the listing: relative, unique, no ``..``."""
+    seen: set[str] = set()
+    for f in files:
+        parts = f.name.split("/")
+        if f.name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise SettingsError(f"--input {name}: the file name {f.name!r} is not a relative path")
+        if f.name in seen:
+            raise SettingsError(
+                f"--input {name}: two files are named {f.name!r}: give the input "
+                "`keep-directories: suffix` (or full) so that names keep their folders"
+            )
+        seen.add(f.name)
 
 
 def _refuse_without_urls(name: str, files: tuple[InputFile, ...]) -> None:

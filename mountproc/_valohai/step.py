@@ -124,10 +124,9 @@ def _from_input(step: dict[str, Any], source: SourceInput | None) -> dict[str, A
     declared: dict[str, Any] = {"name": source.name}
     if source.default:
         declared["default"] = source.default
+    declared["keep-directories"] = "suffix"  # files keep their folders: the tree's paths
     if source.on_demand:
         declared["download"] = "on-demand"
-    else:  # a dataset's files keep their folders, as an on-demand input's names do
-        declared["keep-directories"] = "suffix"
     declared["description"] = "The files to process" + (
         ": downloaded by the workers as they go." if source.on_demand else "."
     )

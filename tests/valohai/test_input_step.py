@@ -30,6 +30,7 @@ def test_an_on_demand_input_is_declared_and_passed(tmp_path: Path) -> None:
         assert declared.name == "images"
         assert declared.default == "dataset://raw-images/v3"
         assert declared.download.value == "on-demand"
+        assert declared.keep_directories.value == "suffix"
         assert not step.mounts
         command = step.build_command({"test_mode": True})
         assert " --input images " in f"{command[-1]} "
