@@ -175,6 +175,8 @@ class InputServer:
         self._server.store = store
         store.base = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # one execution per server: URLs a worker renewed for another never carry over
+        self.execution = f"{EXECUTION}-{secrets.token_hex(4)}"
 
     def __enter__(self) -> InputServer:
         self._thread.start()
@@ -189,7 +191,7 @@ class InputServer:
     def request_url(self) -> str:
         """The ``input_request`` endpoint, as ``api.json`` gives it."""
         base = self.store.base
-        return f"{base}/api/v0/executions/request-input-data/?execution={EXECUTION}"
+        return f"{base}/api/v0/executions/request-input-data/?execution={self.execution}"
 
 
 def write_valohai_config(
