@@ -129,19 +129,20 @@ def _fetch(url: str, entry: FileEntry, spill: Path) -> SourceRead:
     with response:
         length = response.headers.get("Content-Length")
         if length is not None and length.isdigit() and int(length) != entry.size:
-            raise DownloadError(_size_reason(int(length), entry.size))
+            raise DownloadError(_size_reason(f"{length} bytes", entry.size))
         sink: IO[bytes] = io.BytesIO() if entry.size <= INLINE_MAX else spill.open("wb")
         with sink:
-            digest, got = _stream(response, sink)
+            digest, got = _stream(response, sink, entry.size)
             data = sink.getvalue() if isinstance(sink, io.BytesIO) else None
     if got != entry.size:
-        raise DownloadError(_size_reason(got, entry.size))
+        what = f"{got} bytes" if got < entry.size else f"more than {entry.size} bytes"
+        raise DownloadError(_size_reason(what, entry.size))
     path = None if data is not None else spill
     return SourceRead(data, digest, got, entry.mtime_ns, False, path=path)
 
 
-def _size_reason(got: int, listed: int) -> str:
-    return f"size differs from the input's entry: {got} bytes, inputs.json says {listed}"
+def _size_reason(got: str, listed: int) -> str:
+    return f"size differs from the input's entry: {got}, inputs.json says {listed}"
 
 
 def _open(request: urllib.request.Request) -> http.client.HTTPResponse:
@@ -160,11 +161,12 @@ def _open(request: urllib.request.Request) -> http.client.HTTPResponse:
     return response
 
 
-def _stream(response: http.client.HTTPResponse, sink: IO[bytes]) -> tuple[str, int]:
-    """Copy the body into ``sink``; its sha256 and length."""
+def _stream(response: http.client.HTTPResponse, sink: IO[bytes], size: int) -> tuple[str, int]:
+    """Copy the body into ``sink``; its sha256 and length (a body longer than ``size`` is cut
+    off just past it: a file that is not the one listed is never read whole)."""
     sha, got = hashlib.sha256(), 0
     try:
-        while chunk := response.read(CHUNK):
+        while got <= size and (chunk := response.read(min(CHUNK, size + 1 - got))):
             sha.update(chunk)
             sink.write(chunk)
             got += len(chunk)

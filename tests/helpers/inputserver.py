@@ -42,6 +42,7 @@ class Store:
     ttl_s: float | None = None  # each URL answers 403 this long after it was issued
     expire_all_after: int | None = None  # after this many downloads every URL issued expires
     faults: dict[str, list[str]] = field(default_factory=dict)  # name -> "500" | "reset"
+    no_length: bool = False  # bodies without Content-Length: they end when the connection does
     served: Counter[str] = field(default_factory=Counter)  # whole bodies sent
     requests: Counter[str] = field(default_factory=Counter)  # GETs of a file, any answer
     refused: Counter[str] = field(default_factory=Counter)  # 403s
@@ -134,7 +135,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer(self, code: int, body: bytes) -> None:
         self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
+        if not (self.server.store.no_length and code == 200):
+            self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 

@@ -139,15 +139,22 @@ def test_a_server_that_keeps_failing_fails_that_file_only(tmp_path: Path) -> Non
     assert _copied(result) == {k: v for k, v in FILES.items() if k != bad}
 
 
-def test_a_wrong_size_fails_that_file_only(tmp_path: Path) -> None:
+@pytest.mark.parametrize("no_length", [False, True])
+@pytest.mark.parametrize("delta", [1, -1, -500])
+def test_a_wrong_size_fails_that_file_only(tmp_path: Path, delta: int, no_length: bool) -> None:
     wrong = sorted(FILES)[3]
-    with InputServer(Store(dict(FILES))) as server:
-        result = _run(tmp_path, server, sizes={wrong: len(FILES[wrong]) + 1})
+    listed = len(FILES[wrong]) + delta
+    with InputServer(Store(dict(FILES), no_length=no_length)) as server:
+        result = _run(tmp_path, server, sizes={wrong: listed})
     by_path = {r.path: r for r in result.results}
     assert by_path[wrong].status is Status.FAILED
     error = by_path[wrong].error or ""
-    assert "size differs" in error
-    assert str(len(FILES[wrong]) + 1) in error
+    assert "size differs from the input's entry" in error
+    assert f"inputs.json says {listed}" in error
+    if delta > 0 or not no_length:  # the whole body, or its Content-Length, gave the size
+        assert f"{len(FILES[wrong])} bytes" in error
+    else:  # a body longer than listed is cut off just past it
+        assert f"more than {listed} bytes" in error
     assert _copied(result) == {k: v for k, v in FILES.items() if k != wrong}
 
 
