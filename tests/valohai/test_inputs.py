@@ -127,3 +127,15 @@ def test_an_input_without_urls_is_one_line_before_any_work(tmp_path: Path) -> No
     assert "have no pre-signed URL" in line
     assert "make it a downloaded input" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_input_and_source_together_are_one_line(tmp_path: Path) -> None:
+    env = _config(tmp_path, [_file("a.jpg")])
+    job = tmp_path / "job.py"
+    job.write_text(
+        "from mountproc import Job\njob = Job(name='j')\njob.transform(lambda s, c: {})\n"
+    )
+    proc = run_cli("check", job, "--input", "images", "--source", tmp_path, cwd=tmp_path, env=env)
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert "--input and --source contradict each other" in line
