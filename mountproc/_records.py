@@ -79,6 +79,7 @@ class WorkerCheck:
     token_path: str
     token: str
     timeout_s: float
+    remote: bool = False  # an on-demand input: no source directory to see, only scratch
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,19 @@ class StopRules:
 
 
 @dataclass(frozen=True)
+class RemoteFiles:
+    """Where a worker downloads a shard's files from (an on-demand Valohai input): one URL per
+    entry, and Valohai's ``input_request`` endpoint that renews expired ones."""
+
+    input_name: str
+    input_id: str | None
+    urls: tuple[str, ...]
+    renew_url: str | None = None
+    renew_method: str = "POST"
+    renew_headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True)
 class ShardSpec:
     """Everything a worker needs to run one shard, and nothing that needs the driver."""
 
@@ -112,6 +126,7 @@ class ShardSpec:
     check: WorkerCheck | None = None
     limits: Limits = field(default_factory=Limits)
     stop: StopRules = field(default_factory=StopRules)
+    remote: RemoteFiles | None = None  # the files are downloaded, not read from source_root
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from mountproc._job import Job
 from mountproc._setting_values import check_tls
 from mountproc._settings import RunSettings
 from mountproc._valohai import environment as _valohai
+from mountproc._valohai.inputs import ValohaiInput, find_input
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,17 @@ class ResolvedRun:
     on_valohai: bool
     params: Any
     distributed: _valohai.DistributedTask | None = None
+    input: ValohaiInput | None = None  # --input: a Valohai input is the source
+
+    @property
+    def on_demand(self) -> ValohaiInput | None:
+        """The on-demand Valohai input whose files the workers download, if that is the source."""
+        return self.input if self.input is not None and self.input.on_demand else None
+
+    @property
+    def watched(self) -> Path | None:
+        """The source directory to probe while the run goes on (none for an on-demand input)."""
+        return None if self.on_demand is not None else self.source
 
 
 def flag_name(field: str) -> str:
@@ -88,7 +100,8 @@ def resolve(
     vh_settings, vh_params = _split_valohai(job, _valohai.read_parameters(environ))
     settings = _scheduler_from_file(_build(cli, vh_settings, _job_defaults(job)))
     params = job.parse_params(_layer_params(job, vh_params, cli_params, environ))
-    source = settings.source or (Path(job.source) if job.source else None)
+    found = find_input(settings.input, environ) if settings.input else None
+    source = found.path if found else settings.source or (Path(job.source) if job.source else None)
     source = source.absolute() if source is not None else None  # workers run elsewhere
     if source is None:
         raise SettingsError(f"job {job.name!r} declares no source: pass --source DIR")
@@ -113,7 +126,9 @@ def resolve(
             "network can reach the scheduler: set MOUNTPROC_TLS_CA_FILE, MOUNTPROC_TLS_CERT "
             "and MOUNTPROC_TLS_KEY on every member to encrypt and authenticate them"
         )
-    return ResolvedRun(settings, source, outputs, scratch, strict, on_vh, params, distributed)
+    return ResolvedRun(
+        settings, source, outputs, scratch, strict, on_vh, params, distributed, found
+    )
 
 
 def _scheduler_from_file(settings: RunSettings) -> RunSettings:

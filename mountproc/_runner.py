@@ -61,6 +61,7 @@ from mountproc._records import (
 )
 from mountproc._resolve import ResolvedRun
 from mountproc._shard.worker import run_shard
+from mountproc._valohai.inputs import remote_files
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +191,15 @@ class Run:
         limits = Limits(self.settings.file_timeout, self.settings.mount_timeout)
         source, work_dir = str(self.resolved.source), str(self.paths.shards)
         rules = self._stop_rules(plan)
+        remote = partial(remote_files, self.resolved.on_demand)
         for index, entries in iter_shards(plan.path):
             if index in done:
                 continue
             name = self.paths.tar_name(index)
             yield ShardSpec(
-                index, self.ref, params_json, source, work_dir, name, entries, check, limits, rules
-            )
+                index, self.ref, params_json, source, work_dir, name, entries, check, limits, rules,
+                remote(entries),
+            )  # fmt: skip
 
     def _stop_rules(self, plan: Plan) -> StopRules:
         """When a worker gives up on its shard (none with --keep-going)."""
@@ -270,7 +273,7 @@ class Run:
         try:
             with (
                 SourceWatch(
-                    self.resolved.source, s.mount_timeout, "the run", on_lost=stream.cancel
+                    self.resolved.watched, s.mount_timeout, "the run", on_lost=stream.cancel
                 ) as watch,
                 WorkerWatch(client, s.worker_wait, stream.cancel) as workers,
             ):
@@ -350,7 +353,10 @@ class Run:
         carried = carried_path(self.paths) if self.line.previous is not None else None
         alias = self.settings.manifest_alias
         records = self.tally.records
-        publish = partial(finish, self.paths, records, summary, target, version, carried, alias)
+        datums = self.resolved.input.datums() if self.resolved.input is not None else None
+        publish = partial(
+            finish, self.paths, records, summary, target, version, carried, alias, datums
+        )
         try:
             disk_full_is_an_error(publish)
         except MountprocError as exc:

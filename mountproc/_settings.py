@@ -70,6 +70,12 @@ class RunSettings(BaseSettings):
     )
 
     source: Path | None = _setting(None, "Source directory (default: the job's).", metavar="DIR")
+    input: str | None = _setting(
+        None,
+        "Valohai input to process instead of --source: its downloaded copy, or with "
+        "`download: on-demand` its files downloaded by the workers.",
+        metavar="NAME",
+    )
     outputs: Path | None = _setting(
         None,
         "Outputs directory (default: $VH_OUTPUTS_DIR; /valohai/outputs on Valohai; else "
@@ -272,6 +278,12 @@ class RunSettings(BaseSettings):
             )
         if self.since and self.retry_failed and self.since != self.retry_failed:
             raise ValueError("--since and --retry-failed must name the same earlier run")
+        return self
+
+    @model_validator(mode="after")
+    def _input(self) -> RunSettings:
+        if self.input is not None and self.source is not None:
+            raise ValueError("--input and --source contradict each other: give one")
         return self
 
     @model_validator(mode="after")

@@ -9,8 +9,15 @@ import click
 
 from mountproc._cli.guard import guarded
 from mountproc._cli.main import main
+from mountproc._errors import SettingsError
 from mountproc._jobfile import job_ref
-from mountproc._valohai.step import SINCE_INPUT, StepOptions, render, valohai_config
+from mountproc._valohai.step import (
+    SINCE_INPUT,
+    SourceInput,
+    StepOptions,
+    render,
+    valohai_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,19 @@ log = logging.getLogger(__name__)
     help=f"Declare an optional input, {SINCE_INPUT}, for the manifest of the run to build on "
     "(--since): only what changed since is processed; left empty, a full run.",
 )
+@click.option(
+    "--input",
+    "source_input",
+    metavar="NAME[=DEFAULT_URI]",
+    help="The source is this Valohai input instead of a mount (e.g. "
+    "images=dataset://raw-images/v3): declared in the step and passed as --input NAME.",
+)
+@click.option(
+    "--on-demand",
+    is_flag=True,
+    help="With --input: declare it `download: on-demand`, its files downloaded by the workers "
+    "as they go (nothing is downloaded before the run).",
+)
 def yaml_(
     job_file: str,
     step_name: str | None,
@@ -51,6 +71,8 @@ def yaml_(
     mount_source: str,
     distributed: int | None,
     since_input: bool,
+    source_input: str | None,
+    on_demand: bool,
 ) -> None:
     """Print a valohai.yaml step for JOB_FILE: its settings and typed job parameters become
     Valohai parameters, the source an NFS mount, read-only.
@@ -74,8 +96,18 @@ def yaml_(
                 job_file,
             )
         opts = StepOptions(
-            shown, step_name, image, install, mount_source, distributed or 0, since_input
-        )
+            shown, step_name, image, install, mount_source, distributed or 0, since_input,
+            source_input=_source_input(source_input, on_demand),
+        )  # fmt: skip
         click.echo(render(valohai_config(job, opts)), nl=False)
 
     guarded(action)
+
+
+def _source_input(text: str | None, on_demand: bool) -> SourceInput | None:
+    """``--input NAME[=DEFAULT_URI]`` and ``--on-demand`` as the step's source."""
+    if text is None:
+        if on_demand:
+            raise SettingsError("--on-demand needs --input NAME")
+        return None
+    return SourceInput.parse(text, on_demand)

@@ -29,7 +29,12 @@ def worker_check(run: ResolvedRun, token_path: Path, mount: MountReport) -> Work
     token = uuid.uuid4().hex
     token_path.write_text(token)
     return WorkerCheck(
-        str(run.source), mount.view(), str(token_path), token, run.settings.mount_timeout
+        str(run.source),
+        mount.view(),
+        str(token_path),
+        token,
+        run.settings.mount_timeout,
+        remote=run.on_demand is not None,
     )
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "Patterns",
     "crawl",
     "display_path",
+    "to_batch",
     "write_listing",
 ]
 
@@ -275,7 +276,7 @@ def write_listing(
 
 def _write(writer: pq.ParquetWriter, rows: Rows, stats: ListingStats) -> ListingStats:
     """Write one batch; return ``stats`` with its rows counted."""
-    batch = _to_batch(rows)
+    batch = to_batch(rows)
     eligible = pc.is_null(batch.column("skip_reason"))
     selected = pc.sum(pc.filter(batch.column("size"), eligible)).as_py() or 0
     writer.write_batch(batch)
@@ -286,7 +287,8 @@ def _write(writer: pq.ParquetWriter, rows: Rows, stats: ListingStats) -> Listing
     )
 
 
-def _to_batch(rows: Rows) -> pa.RecordBatch:
+def to_batch(rows: Rows) -> pa.RecordBatch:
+    """Rows as a record batch of the listing."""
     try:  # valid UTF-8 (nearly always): the raw bytes are the very same buffer
         path = pa.array(rows.paths, pa.string())
         raw = path.cast(pa.binary())

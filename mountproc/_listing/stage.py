@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mountproc._errors import MountError
 from mountproc._job import DEFAULT_EXCLUDES, Job
+from mountproc._listing.inputs import write_input_listing
 from mountproc._listing.listing import ListingStats, Patterns, write_listing
 from mountproc._listing.sharding import Plan, ShardBounds, write_plan
 from mountproc._listing.testmode import write_test_listing
@@ -53,6 +54,9 @@ def list_source(job: Job, run: ResolvedRun, listing: Path, lister: Lister) -> Li
     """List the source: in test mode only the subset, found without listing the whole tree."""
     patterns = job_patterns(job)
     s = run.settings
+    if run.on_demand is not None:  # listed in inputs.json: nothing to crawl
+        size = s.test_size if s.test_mode else None
+        return write_input_listing(run.on_demand.files, patterns, listing, size)
     with SourceWatch(run.source, s.mount_timeout, "the listing") as watch:
         if s.test_mode:
             return watch.run(

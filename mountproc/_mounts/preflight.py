@@ -11,6 +11,7 @@ from typing import Any
 
 from mountproc._errors import MountError
 from mountproc._mounts.dirs import DirReport, check_output_dir
+from mountproc._mounts.inputs import check_input
 from mountproc._mounts.source import MountReport, check_source
 from mountproc._mounts.table import show
 from mountproc._resolve import ResolvedRun
@@ -33,6 +34,8 @@ class Preflight:
 def preflight_source(run: ResolvedRun, declared_readonly: bool) -> MountReport:
     """Check the source mount; warnings (a plain directory off Valohai) are logged."""
     s = run.settings
+    if run.input is not None:  # a Valohai input: a downloaded copy, or files on demand
+        return check_input(run, run.input)
     report, warnings = check_source(
         run.source,
         declared_readonly=declared_readonly,

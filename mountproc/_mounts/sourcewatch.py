@@ -22,10 +22,15 @@ T = TypeVar("T")
 
 class SourceWatch:
     """Probes ``source`` every ``timeout`` seconds (each probe limited to ``timeout`` too);
-    once the source is dead, ``check`` raises SourceLostError and ``on_lost`` has been called."""
+    once the source is dead, ``check`` raises SourceLostError and ``on_lost`` has been called.
+    A ``source`` of None (an on-demand input: no directory) is never probed."""
 
     def __init__(
-        self, source: Path, timeout: float, during: str, on_lost: Callable[[], None] = lambda: None
+        self,
+        source: Path | None,
+        timeout: float,
+        during: str,
+        on_lost: Callable[[], None] = lambda: None,
     ) -> None:
         self.source = source
         self.timeout = timeout
@@ -36,7 +41,8 @@ class SourceWatch:
         self._thread = threading.Thread(target=self._run, name="mountproc-watch", daemon=True)
 
     def __enter__(self) -> SourceWatch:
-        self._thread.start()
+        if self.source is not None:
+            self._thread.start()
         return self
 
     def __exit__(
@@ -51,6 +57,8 @@ class SourceWatch:
 
     def probe(self, cause: OSError | None = None) -> None:
         """Probe now (a stage saw ENOTCONN, ESTALE...); raise SourceLostError if it is dead."""
+        if self.source is None:
+            return
         try:
             probe_alive(self.source, self.timeout)
         except (MountNotAliveError, OSError) as exc:  # dead, hung, or gone (FileNotFoundError)

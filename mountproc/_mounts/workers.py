@@ -41,6 +41,13 @@ def check_worker(check: WorkerCheck, worker: str) -> bool:
     it shares the driver's scratch directory (else it builds shards in a scratch of its own,
     which must be writable, and the driver copies each finished tar over)."""
     source = Path(check.source)
+    if not check.remote:
+        _check_source_view(check, source, worker)
+    return _shares_scratch(check, worker)
+
+
+def _check_source_view(check: WorkerCheck, source: Path, worker: str) -> None:
+    """Raise unless this worker sees the source's mount as the driver does."""
     try:
         report, _ = check_source(source, strict=False, allow_writable=True, timeout=check.timeout_s)
     except MountNotAliveError as exc:
@@ -53,6 +60,10 @@ def check_worker(check: WorkerCheck, worker: str) -> bool:
             f"worker {worker} sees the source {show(source)} differently: {problem}; mount it "
             "the same way on every machine of the cluster"
         )
+
+
+def _shares_scratch(check: WorkerCheck, worker: str) -> bool:
+    """Whether this worker sees the driver's scratch (its token); else its own must do."""
     token = Path(check.token_path)
     try:
         seen = within(lambda: token.read_text(), check.timeout_s, "scratch", token.parent)

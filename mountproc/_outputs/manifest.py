@@ -30,6 +30,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("traceback", pa.string()),
         pa.field("key", pa.string()),  # the sample's key (WebDataset's __key__), if a sample
         pa.field("sha256", pa.string()),  # the source file's, where it was read
+        pa.field("datum", pa.string()),  # a Valohai input's file: its datum://; else null
     ]
 )
 _VERSION_KEY = b"mountproc.version"
@@ -73,18 +74,21 @@ def write_manifest(
     out: Path,
     version: Version | None = None,
     carried: Path | None = None,
+    datums: Mapping[str, str] | None = None,
 ) -> None:
     """Merge the plan with every shard's results into one row per listed entry, streaming; a
-    row the plan marks as carried over is the next row of ``carried`` (a base version's)."""
+    row the plan marks as carried over is the next row of ``carried`` (a base version's);
+    ``datums`` are the datum URIs of a Valohai input's files, by path."""
     reader = _ShardResults(results_dir)
     base = _carried_rows(carried)
+    known = datums or {}
     schema = MANIFEST_SCHEMA.with_metadata({_VERSION_KEY: (version or Version()).encoded()})
     with pq.ParquetWriter(out, schema) as writer:
         for batch in pq.ParquetFile(plan).iter_batches():
             cols = batch.to_pydict()
             rows = [
                 _carry(base, cols, i) if cols["skip_reason"][i] == CARRIED
-                else _row(reader, tar_names, cols, i)
+                else {**_row(reader, tar_names, cols, i), "datum": known.get(cols["path"][i])}
                 for i in range(batch.num_rows)
             ]  # fmt: skip
             table = {name: [row[name] for row in rows] for name in MANIFEST_SCHEMA.names}
@@ -123,7 +127,7 @@ def _carry(base: Iterator[dict[str, Any]], cols: dict[str, list[Any]], i: int) -
     raw = cols["path_raw"][i]
     if row is None or row["path_raw"] != raw:
         raise RuntimeError(f"the base version's carried rows do not match the plan at {raw!r}")
-    return row
+    return {"datum": None, **row}  # a manifest older than the datum column has none
 
 
 def _carried_rows(path: Path | None) -> Iterator[dict[str, Any]]:

@@ -5,7 +5,7 @@ record as it arrives, and at the end the manifest, the summary, the wids index a
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,7 @@ def finish(
     version: Callable[[Sequence[metadata.ShardRecord]], Version],
     carried: Path | None = None,
     manifest_alias: str | None = None,
+    datums: Mapping[str, str] | None = None,
 ) -> None:
     """Publish the manifest (of the whole ``version``: an increment's carries its base's
     rows), the summary, the wids index of the version's tars and the Valohai metadata (dataset
@@ -94,7 +95,7 @@ def finish(
     manifest = paths.root / paths.manifest
     whole = version(records)
     names = {r.index: r.tar for r in records}
-    write_manifest(paths.plan, paths.results, names, manifest, whole, carried)
+    write_manifest(paths.plan, paths.results, names, manifest, whole, carried, datums)
     # read here, before it is published: Valohai may take a published file away at once
     summary["failures"] = failure_groups(manifest)
     publish(manifest, paths.outputs / paths.manifest)

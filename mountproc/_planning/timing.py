@@ -20,6 +20,7 @@ from mountproc._outputs.layout import RunPaths
 from mountproc._records import FileEntry, JobRef, Limits, ShardResult, ShardSpec, Status
 from mountproc._resolve import ResolvedRun
 from mountproc._shard.worker import run_shard
+from mountproc._valohai.inputs import remote_files
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +56,17 @@ def time_files(ref: JobRef, run: ResolvedRun, paths: RunPaths, count: int) -> Ti
     def spec(index: int, entries: tuple[FileEntry, ...]) -> ShardSpec:
         tar = f"timed-{index:06d}.tar"
         work = str(paths.shards)
-        return ShardSpec(index, ref, params_json, str(run.source), work, tar, entries, None, limits)
+        remote = remote_files(run.on_demand, entries)  # an on-demand input's: downloaded
+        return ShardSpec(
+            index, ref, params_json, str(run.source), work, tar, entries, None, limits,
+            remote=remote,
+        )  # fmt: skip
 
     specs = [spec(index, one) for index, one in enumerate(entries)]
     if not specs:
         return Timings((), 0, None, 0.0)
     log.info("timing %d file(s), each alone, in a process of their own", len(specs))
-    with SourceWatch(run.source, s.mount_timeout, "timing files") as watch:
+    with SourceWatch(run.watched, s.mount_timeout, "timing files") as watch:
         timer = _Timer(spec(len(specs), ()), watch, s.file_timeout)
         try:
             return timer.time_all(specs)

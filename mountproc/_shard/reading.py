@@ -14,13 +14,14 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 INLINE_MAX = 64 * 1024 * 1024
 """Files up to this size are kept in memory for the transform; larger ones are hashed as they
 stream past and read again by the transform from the mount."""
 
 CHUNK = 1024 * 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class SourceRead:
     size: int
     mtime_ns: int
     changed_while_read: bool
+    path: Path | None = None  # where to read the bytes again when not kept (a download's copy)
 
 
 def read_source(path: Path) -> SourceRead:
@@ -56,22 +58,26 @@ def _stream_hash(f: Any) -> str:
     return sha.hexdigest()
 
 
-class ReadAhead:
-    """Reads ``paths`` in order on one thread, at most ``ahead`` files before the consumer."""
+class ReadAhead(Generic[T]):
+    """Reads ``items`` in order on ``threads`` threads, at most ``ahead`` before the consumer."""
 
     def __init__(
-        self, paths: Sequence[Path], read: Callable[[Path], SourceRead], ahead: int = 1
+        self,
+        items: Sequence[T],
+        read: Callable[[T], SourceRead],
+        ahead: int = 1,
+        threads: int = 1,
     ) -> None:
-        self._paths = paths
+        self._items = items
         self._read = read
         self._ahead = ahead
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mountproc-read")
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="mountproc-read")
 
     def __iter__(self) -> Iterator[Future[SourceRead]]:
-        """One future per path, in order; a read's error is raised by its future's ``result``."""
+        """One future per item, in order; a read's error is raised by its future's ``result``."""
         pending: list[Future[SourceRead]] = []
-        for path in self._paths:
-            pending.append(self._pool.submit(self._read, path))
+        for item in self._items:
+            pending.append(self._pool.submit(self._read, item))
             if len(pending) > self._ahead:
                 yield pending.pop(0)
         yield from pending

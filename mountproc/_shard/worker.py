@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,14 @@ from mountproc._mounts.workers import check_worker
 from mountproc._records import (
     FileEntry,
     FileResult,
+    RemoteFiles,
     ShardResult,
     ShardSpec,
     Status,
     StopRules,
 )
 from mountproc._shard import failures, sample
+from mountproc._shard.download import IN_FLIGHT, download
 from mountproc._shard.reading import ReadAhead, SourceRead, read_source
 from mountproc._shard.tar import TarBuilder
 from mountproc._shard.watchdog import ShardNotes, watchdog
@@ -129,10 +132,7 @@ def _build(
     notes = ShardNotes(Path(spec.work_dir), spec.index)
     condemned = notes.recover()
     guard = watchdog()
-    root = Path(spec.source_root)
-    reads = ReadAhead(
-        [root / e.path for i, e in enumerate(spec.entries) if i not in condemned], _read
-    )
+    reads = _reads(spec, [i for i in range(len(spec.entries)) if i not in condemned], ctx.tmp_dir)
     ahead = iter(reads)
     results = []
     done = False
@@ -142,8 +142,10 @@ def _build(
                 if pos in condemned:
                     results.append(FileResult(entry.path, Status.FAILED, condemned[pos]))
                 else:
+                    pending = next(ahead)
                     with guard.file(notes, pos, entry.path, spec.source_root, spec.limits):
-                        results.append(_process(job, spec, entry, next(ahead), ctx, tar))
+                        results.append(_process(job, spec, entry, pending, ctx, tar))
+                    _drop_copy(pending)
                 counts.add(results[-1])
                 counts.give_up_if_broken(results, spec.stop)
             sha, size = tar.close()
@@ -190,6 +192,27 @@ class _GiveUp(Exception):
     def __init__(self, why: str, results: list[FileResult]) -> None:
         super().__init__(why)
         self.why, self.results = why, results
+
+
+def _reads(spec: ShardSpec, wanted: list[int], tmp_dir: Path) -> ReadAhead[Any]:
+    """The shard's files read ahead: from the source, or downloaded a few at a time."""
+    remote = spec.remote
+    if remote is None:
+        root = Path(spec.source_root)
+        return ReadAhead([root / spec.entries[i].path for i in wanted], _read)
+    return ReadAhead(wanted, partial(_download, remote, spec, tmp_dir), IN_FLIGHT, IN_FLIGHT)
+
+
+def _download(remote: RemoteFiles, spec: ShardSpec, tmp_dir: Path, pos: int) -> SourceRead:
+    return download(remote, pos, spec.entries[pos], tmp_dir)
+
+
+def _drop_copy(pending: Future[SourceRead]) -> None:
+    """Remove a large download's copy in scratch once its file is done."""
+    if pending.done() and not pending.cancelled() and pending.exception() is None:
+        copy = pending.result().path
+        if copy is not None:
+            copy.unlink(missing_ok=True)
 
 
 def _read(path: Path) -> SourceRead:
@@ -239,7 +262,7 @@ def _process(
     digest = None
     try:
         read = pending.result()
-        src = replace(src, data=read.data, sha256=read.sha256)
+        src = replace(src, data=read.data, sha256=read.sha256, path=read.path or src.path)
         digest = read.sha256
         value = _with_retries(lambda: job.transform_fn(src, ctx))  # type: ignore[misc]
         if value is None:
@@ -261,7 +284,8 @@ def _process(
         tar.add(name, data)
     members = tuple(name for name, _ in named)
     listed = (entry.size, entry.mtime_ns)
-    changed = read.changed_while_read or (read.size, read.mtime_ns) != listed or _changed(src)
+    changed = read.changed_while_read or (read.size, read.mtime_ns) != listed
+    changed = changed or (spec.remote is None and _changed(src))
     return FileResult(entry.path, Status.OK, None, members, changed, sha256=read.sha256)
 
 
@@ -295,8 +319,10 @@ def _failure(exc: Exception, spec: ShardSpec, entry: FileEntry) -> str:
     disk = find_oserror(exc, DISK_FULL_ERRNOS)
     if disk is not None:
         raise disk
-    sick = sick_error(exc)
     why = failures.reason(exc, entry.path)
+    if spec.remote is not None:  # a download's failure: no mount to blame
+        return why
+    sick = sick_error(exc)
     if sick is None and find_oserror(exc, (errno.ENOENT,)) is None:
         return why
     _check_source_still_there(spec, entry)  # a vanished file may be a vanished mount

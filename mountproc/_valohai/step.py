@@ -4,6 +4,7 @@ the job's typed parameters become Valohai parameters, with their defaults and bo
 from __future__ import annotations
 
 import copy
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -31,6 +32,24 @@ _TYPES: dict[type, str] = {bool: "flag", int: "integer", float: "float", str: "s
 
 
 @dataclass(frozen=True)
+class SourceInput:
+    """``mountproc yaml --input NAME[=DEFAULT_URI] [--on-demand]``: the step's source is this
+    input instead of a mount."""
+
+    name: str
+    default: str | None = None
+    on_demand: bool = False
+
+    @classmethod
+    def parse(cls, text: str, on_demand: bool) -> SourceInput:
+        """``NAME`` or ``NAME=DEFAULT_URI``."""
+        name, _, default = text.partition("=")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            raise SettingsError(f"--input {text}: expected NAME or NAME=DEFAULT_URI")
+        return cls(name, default or None, on_demand)
+
+
+@dataclass(frozen=True)
 class StepOptions:
     """What ``mountproc yaml`` is told about the deployment."""
 
@@ -41,6 +60,7 @@ class StepOptions:
     mount_source: str = "nfs-server.internal:/share"
     distributed: int = 0  # members of a distributed task; 0: none
     since_input: bool = False  # an optional input for the previous run's manifest (--since)
+    source_input: SourceInput | None = None  # a Valohai input is the source (--input)
 
 
 def valohai_config(job: Job, opts: StepOptions) -> list[dict[str, Any]]:
@@ -94,6 +114,27 @@ def _step(job: Job, opts: StepOptions, name: str) -> dict[str, Any]:
     }
     if opts.since_input:
         step["inputs"] = [_since_input(job)]
+    return _from_input(step, opts.source_input)
+
+
+def _from_input(step: dict[str, Any], source: SourceInput | None) -> dict[str, Any]:
+    """The step with a Valohai input as its source: declared, passed as ``--input``, no mount."""
+    if source is None:
+        return step
+    declared: dict[str, Any] = {"name": source.name}
+    if source.default:
+        declared["default"] = source.default
+    declared["keep-directories"] = "suffix"  # files keep their folders: the tree's paths
+    if source.on_demand:
+        declared["download"] = "on-demand"
+    declared["description"] = "The files to process" + (
+        ": downloaded by the workers as they go." if source.on_demand else "."
+    )
+    run = re.sub(r" --source \S+", "", step["command"][-1])
+    run = run.replace(" {parameters}", f" --input {source.name} {{parameters}}")
+    step = {**step, "command": [*step["command"][:-1], run]}
+    step.pop("mounts", None)
+    step["inputs"] = [declared, *step.get("inputs", [])]
     return step
 
 
