@@ -348,9 +348,8 @@ class Run:
         target = self.line.target(self.resolved, self.found) if within else None
         version = partial(new_version, self.line, self.found, target=target)
         carried = carried_path(self.paths) if self.line.previous is not None else None
-        alias = self.settings.manifest_alias
-        records = self.tally.records
-        publish = partial(finish, self.paths, records, summary, target, version, carried, alias)
+        records, settings = self.tally.records, self.settings
+        publish = partial(finish, self.paths, records, summary, target, version, carried, settings)
         try:
             disk_full_is_an_error(publish)
         except MountprocError as exc:

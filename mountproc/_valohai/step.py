@@ -104,7 +104,7 @@ def _since_input(job: Job) -> dict[str, Any]:
         "optional": True,
         "description": (
             f"The previous run's {job.name}-manifest.parquet (e.g. datum://{job.name}-manifest-"
-            "latest, with --manifest-alias): only what changed since is processed. Empty: a "
+            "latest, with --alias): only what changed since is processed. Empty: a "
             "full run."
         ),
     }

@@ -29,7 +29,7 @@ EXPECTED_PARAMETERS = {
     "mount_timeout": ("float", 30.0),
     "size": ("integer", 224),
     "quality": ("integer", 90),
-    "manifest_alias": ("string", None),
+    "alias": ("string", None),
 }
 
 
@@ -278,11 +278,11 @@ def test_the_since_input_is_optional_and_feeds_since(tmp_path: Path) -> None:
     step = valohai_yaml.parse(text).steps["resize-images"]
     (given,) = step.inputs.values()
     assert (given.name, given.optional, given.default) == ("previous-manifest", True, None)
-    command = shlex.split(" ".join(step.build_command({"manifest_alias": "grow-latest"})))
+    command = shlex.split(" ".join(step.build_command({"alias": "grow-latest"})))
     at = command.index("--since")
     assert command[at + 1] == "/valohai/inputs/previous-manifest"
-    assert "--manifest_alias=grow-latest" in command
-    assert not any("manifest_alias" in word for word in " ".join(step.build_command({})).split())
+    assert "--alias=grow-latest" in command
+    assert not any("alias" in word for word in " ".join(step.build_command({})).split())
 
 
 def _vh_commands(section: str) -> list[list[str]]:
@@ -293,8 +293,8 @@ def _vh_commands(section: str) -> list[list[str]]:
 
 
 def test_the_daily_ingest_commands_parse_with_valohai_cli() -> None:
-    """valohai-cli builds its options from the step (a parameter ``manifest_alias`` becomes
-    ``--manifest-alias``, an input ``--previous-manifest``): its own builder parses the recipe's
+    """valohai-cli builds its options from the step (a parameter ``alias`` becomes
+    ``--alias``, an input ``--previous-manifest``): its own builder parses the recipe's
     commands, without network, against the step ``--since-input`` prints."""
     from valohai_cli.commands.execution.run.dynamic_run_command import RunCommand
     from valohai_cli.models.project import Project
@@ -311,6 +311,6 @@ def test_the_daily_ingest_commands_parse_with_valohai_cli() -> None:
         args = [w for w in words[4:] if w != "--adhoc"]
         command = RunCommand(Project({"id": "p", "name": "p"}, str(REPO)), step, "c")
         values = command.make_context("my-job", args).params
-        assert values["~manifest_alias"] == "images-manifest-latest"
+        assert values["~alias"] == "images-manifest-latest"
         seen.append(values["^previous-manifest"])
     assert seen == [(), ("datum://images-manifest-latest",)]  # the first run: no input
