@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import gc
 import hashlib
 import io
@@ -83,7 +84,8 @@ def test_webdataset_reads_every_sample_with_its_key_and_record(published: dict[s
         data = (src / relpath).read_bytes()
         stat = (src / relpath).stat()
         assert sample["json"] == {
-            "path": relpath,
+            "path": row["path"],  # valid UTF-8 (undecodable bytes as \\xNN), as in the manifest
+            "path_b64": base64.b64encode(row["path_raw"]).decode(),
             "size": len(data),
             "mtime_ns": stat.st_mtime_ns,
             "sha256": hashlib.sha256(data).hexdigest(),
@@ -104,7 +106,7 @@ def test_every_loaded_sample_joins_its_manifest_row_by_key(published: dict[str, 
 
 def test_odd_names_keep_their_whole_path_as_the_key(published: dict[str, Any]) -> None:
     dataset = webdataset.WebDataset(tar_urls(published["out"]), shardshuffle=False)
-    by_path = {s["json"]["path"]: s for s in dataset.decode()}
+    by_path = {os.fsdecode(base64.b64decode(s["json"]["path_b64"])): s for s in dataset.decode()}
     for name in [*ODD_NAMES, NON_UTF8]:
         sample = by_path[name]
         assert sample["__key__"] == member_key(name)
@@ -123,6 +125,7 @@ def test_the_index_lists_every_tar_with_its_sample_count(published: dict[str, An
     for shard in index["shardlist"]:
         assert (out / shard["url"]).stat().st_size == shard["filesize"]
         assert shard["sha256"] == tars[shard["url"]]["sha256"]
+        assert shard["md5sum"] == hashlib.md5((out / shard["url"]).read_bytes()).hexdigest()
         counted = webdataset.WebDataset(str(out / shard["url"]), shardshuffle=False)
         assert shard["nsamples"] == sum(1 for _ in counted)
     assert "resize-images-wids-index.json" in tars  # published with the tars, in the dataset
@@ -152,6 +155,6 @@ def test_wids_reads_samples_by_number_through_the_index(
         sample = dataset[i]
         assert sample["__key__"] == keys[i]
         record = json.loads(sample[".json"].read())
-        assert record["path"] == os.fsdecode(rows[i]["path_raw"])
+        assert base64.b64decode(record["path_b64"]) == rows[i]["path_raw"]
         with Image.open(io.BytesIO(sample[".jpg"].read())) as image:
             assert max(image.size) <= 224
