@@ -10,7 +10,13 @@ import click
 from mountproc._cli.guard import guarded
 from mountproc._cli.main import main
 from mountproc._jobfile import job_ref
-from mountproc._valohai.step import SINCE_INPUT, StepOptions, render, valohai_config
+from mountproc._valohai.step import (
+    SINCE_INPUT,
+    StepOptions,
+    install_command,
+    render,
+    valohai_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +26,16 @@ log = logging.getLogger(__name__)
 @click.option("--step-name", help="Name of the step (default: the job's name).")
 @click.option("--image", default=StepOptions.image, show_default=True, help="Docker image.")
 @click.option(
+    "--mountproc-from",
+    metavar="SPEC",
+    help="Where the step installs mountproc from: anything pip installs (a git URL such as "
+    "git+https://github.com/ORG/mountproc@TAG, a wheel in the repository). Default: the "
+    "repository itself (pip install .) when it is mountproc or depends on it.",
+)
+@click.option(
     "--install",
-    default=StepOptions.install,
-    show_default=True,
-    help="The step's first command: how mountproc gets installed.",
+    metavar="COMMAND",
+    help="The step's first command instead, as given (e.g. pip install -r requirements.txt).",
 )
 @click.option(
     "--mount-source",
@@ -47,7 +59,8 @@ def yaml_(
     job_file: str,
     step_name: str | None,
     image: str,
-    install: str,
+    mountproc_from: str | None,
+    install: str | None,
     mount_source: str,
     distributed: int | None,
     since_input: bool,
@@ -73,8 +86,9 @@ def yaml_(
                 "the step from the repository root; run mountproc yaml from there",
                 job_file,
             )
+        command = install or install_command(Path.cwd(), mountproc_from)
         opts = StepOptions(
-            shown, step_name, image, install, mount_source, distributed or 0, since_input
+            shown, step_name, image, command, mount_source, distributed or 0, since_input
         )
         click.echo(render(valohai_config(job, opts)), nl=False)
 
