@@ -21,7 +21,7 @@ from helpers import REPO, clean_env, run_cli
 
 from mountproc._demo_data import make_demo_tree
 
-EVERY_PARAMETER = {
+EVERY_PARAMETER: dict[str, Any] = {
     "test_mode": True,
     "test_size": 5,
     "dataset": "dataset://fresh-images/v2",
@@ -107,7 +107,11 @@ def test_the_generated_step_runs_as_printed_in_a_fresh_virtualenv(tmp_path: Path
     assert set(step.parameters) == set(EVERY_PARAMETER)  # every one of them is tried below
     assert step.mounts[0].destination == "/mnt/raw-images"
     subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
-    for name, values in (("defaults", {}), ("every-parameter", EVERY_PARAMETER)):
+    runs: list[tuple[str, dict[str, Any]]] = [
+        ("defaults", {}),
+        ("every-parameter", EVERY_PARAMETER),
+    ]
+    for name, values in runs:
         commands = step.build_command(values)
         outputs = _execution(tmp_path / name, commands, values, source)
         published = outputs / "test-mode" if values.get("test_mode") else outputs
