@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import sys
 import types
 from collections.abc import Iterator
@@ -16,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import NON_UTF8, RESIZE_JOB, read_manifest, read_metadata, run_cli
+from helpers import NON_UTF8, read_manifest, read_metadata
+from helpers.awkward import ODD_NAMES, publish_awkward_tree
 from PIL import Image
 
-from mountproc._demo_data import make_demo_tree
 from mountproc._shard.sample import member_key
 
 webdataset = pytest.importorskip("webdataset")
@@ -35,26 +34,10 @@ def _collect_leaked_streams() -> Iterator[None]:
     gc.collect()
 
 
-# dots in directory names and file stems, a stem that is only dots' neighbours, a non-UTF-8 name
-ODD_NAMES = ("v1.2/scan.final.v3.jpg", "a.b.c/d.e/IMG.1.JPG", "x/.hidden.jpg", "x/..jpg")
-
-
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A real run over photos with awkward names, in shards of 5 files."""
-    root = tmp_path_factory.mktemp("wds")
-    src = root / "src"
-    good = make_demo_tree(src, count=24)
-    for name in [*ODD_NAMES, NON_UTF8]:
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(good[0], src / name)
-    out = root / "out"
-    args = ("--source", src, "--outputs", out, "--shard-max-files", "5", "--max-failures", "50%")
-    proc = run_cli("run", RESIZE_JOB, *args, cwd=root)
-    assert proc.returncode == 0, proc.stderr
-    rows = [r for r in read_manifest(out) if r["status"] == "ok"]
-    assert len(rows) >= 24
-    return {"src": src, "out": out, "rows": rows, "root": root}
+    return publish_awkward_tree(tmp_path_factory.mktemp("wds"))
 
 
 def expected_keys(rows: list[dict[str, Any]]) -> list[str]:
