@@ -101,6 +101,7 @@ job = Job(
     exclude=["DICOMDIR", ".snapshot", ".DS_Store", "Thumbs.db"],
     dataset="dataset://dicom-png/v1",
     params=Params,
+    requirements=["pydicom>=3.0"],  # installed by the Valohai step mountproc yaml prints
 )
 
 

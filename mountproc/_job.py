@@ -109,6 +109,7 @@ class Job:
     readonly: bool = True
     settings: Mapping[str, Any] = field(default_factory=dict)
     default_excludes: bool = True
+    requirements: Iterable[str] = ()  # what the transform imports besides mountproc (pip specs)
     transform_fn: Transform | None = None
     setup_fn: Setup | None = None
     _states: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -116,6 +117,7 @@ class Job:
     def __post_init__(self) -> None:
         self.include = tuple(self.include)
         self.exclude = tuple(self.exclude)
+        self.requirements = tuple(self.requirements)
         self.settings = dict(self.settings)
         self.validate()
 
@@ -190,6 +192,12 @@ class Job:
             if not isinstance(pattern, str) or not pattern:
                 raise JobFileError(
                     f"include/exclude patterns must be non-empty strings: {pattern!r}"
+                )
+        for spec in self.requirements:
+            if not isinstance(spec, str) or not spec.strip() or "\n" in spec:
+                raise JobFileError(
+                    f"Job(requirements=...) holds pip requirements such as 'pydicom>=3.0', "
+                    f"not {spec!r}"
                 )
 
     def parse_params(self, values: Mapping[str, Any]) -> BaseModel:

@@ -155,6 +155,7 @@ class ShardResult:
     worker: str = ""
     scratch_shared: bool = True  # False: the tar is on the worker's own disk, to be copied over
     stopped: str | None = None  # why the worker gave up on the shard (no tar): the run stops
+    md5: str = ""  # of the tar: what wids checks a shard by
 
     @property
     def files_ok(self) -> int:

@@ -351,11 +351,10 @@ class Run:
         target = self.line.target(self.resolved, self.found) if within else None
         version = partial(new_version, self.line, self.found, target=target)
         carried = carried_path(self.paths) if self.line.previous is not None else None
-        alias = self.settings.manifest_alias
-        records = self.tally.records
+        records, settings = self.tally.records, self.settings
         datums = self.resolved.input.datums() if self.resolved.input is not None else None
         publish = partial(
-            finish, self.paths, records, summary, target, version, carried, alias, datums
+            finish, self.paths, records, summary, target, version, carried, settings, datums
         )
         try:
             disk_full_is_an_error(publish)

@@ -222,7 +222,10 @@ class RunSettings(BaseSettings):
         "outputs); with --since, those as well as what changed.",
         metavar="PREVIOUS",
     )
-    manifest_alias: str | None = _setting(
+    tags: tuple[str, ...] = _setting(
+        (), "Valohai tag on every published file (repeatable).", flag="tag", metavar="TAG"
+    )
+    alias: str | None = _setting(
         None,
         "Valohai alias for the manifest (e.g. JOB-manifest-latest): datum://ALIAS then names the "
         "newest one, the next increment's --since input.",

@@ -15,6 +15,7 @@ from mountproc._valohai.step import (
     SINCE_INPUT,
     SourceInput,
     StepOptions,
+    install_command,
     render,
     valohai_config,
 )
@@ -27,10 +28,16 @@ log = logging.getLogger(__name__)
 @click.option("--step-name", help="Name of the step (default: the job's name).")
 @click.option("--image", default=StepOptions.image, show_default=True, help="Docker image.")
 @click.option(
+    "--mountproc-from",
+    metavar="SPEC",
+    help="Where the step installs mountproc from: anything pip installs (a git URL such as "
+    "git+https://github.com/ORG/mountproc@TAG, a wheel in the repository). Default: the "
+    "repository itself (pip install .) when it is mountproc or depends on it.",
+)
+@click.option(
     "--install",
-    default=StepOptions.install,
-    show_default=True,
-    help="The step's first command: how mountproc gets installed.",
+    metavar="COMMAND",
+    help="The step's first command instead, as given (e.g. pip install -r requirements.txt).",
 )
 @click.option(
     "--mount-source",
@@ -67,7 +74,8 @@ def yaml_(
     job_file: str,
     step_name: str | None,
     image: str,
-    install: str,
+    mountproc_from: str | None,
+    install: str | None,
     mount_source: str,
     distributed: int | None,
     since_input: bool,
@@ -95,8 +103,9 @@ def yaml_(
                 "the step from the repository root; run mountproc yaml from there",
                 job_file,
             )
+        command = install or install_command(Path.cwd(), mountproc_from)
         opts = StepOptions(
-            shown, step_name, image, install, mount_source, distributed or 0, since_input,
+            shown, step_name, image, command, mount_source, distributed or 0, since_input,
             source_input=_source_input(source_input, on_demand),
         )  # fmt: skip
         click.echo(render(valohai_config(job, opts)), nl=False)

@@ -42,6 +42,7 @@ class ShardRecord:
     files_skipped: int
     members: int
     samples: int = 0  # files with at least one member: WebDataset samples (0 in records of 0.1.0)
+    md5: str = ""  # of the tar, for wids ("" in earlier records)
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ def shard_record(result: ShardResult) -> ShardRecord:
         skipped,
         result.member_count,
         sum(1 for r in result.results if r.members),
+        result.md5,
     )
 
 
@@ -123,6 +125,7 @@ def wids_index(name: str, records: Sequence[ShardRecord]) -> dict[str, Any]:
     where the tars are), so ``wids.ShardListDataset(index)`` reads samples by number."""
     shards = [
         {"url": r.tar, "nsamples": r.samples, "filesize": r.bytes, "sha256": r.sha256}
+        | ({"md5sum": r.md5} if r.md5 else {})
         for r in records
     ]
     return {"__kind__": "wids-shard-index-v1", "wids_version": 1, "name": name, "shardlist": shards}

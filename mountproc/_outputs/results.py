@@ -85,12 +85,14 @@ def finish(
     target: metadata.DatasetTarget | None,
     version: Callable[[Sequence[metadata.ShardRecord]], Version],
     carried: Path | None = None,
-    manifest_alias: str | None = None,
+    settings: RunSettings | None = None,
     datums: Mapping[str, str] | None = None,
 ) -> None:
     """Publish the manifest (of the whole ``version``: an increment's carries its base's
     rows), the summary, the wids index of the version's tars and the Valohai metadata (dataset
-    entries only for a ``target``) of this run's files."""
+    entries only for a ``target``; the settings' tags on every file, its alias on the
+    manifest) of this run's files."""
+    s = settings or RunSettings()
     records = sorted(records, key=lambda r: r.index)
     manifest = paths.root / paths.manifest
     whole = version(records)
@@ -109,8 +111,8 @@ def finish(
         records,
         [paths.manifest, paths.summary, paths.index],
         target,
-        [TEST_MODE_TAG] if paths.test_mode else [],
+        [*s.tags, *([TEST_MODE_TAG] if paths.test_mode else [])],
         {"mountproc.job": paths.job, "source": summary["source"]},
-        {paths.manifest: manifest_alias} if manifest_alias and not paths.test_mode else {},
+        {paths.manifest: s.alias} if s.alias and not paths.test_mode else {},
     )
     metadata_file.update(paths.outputs, paths.root, paths.owns, lines)

@@ -5,12 +5,15 @@ A sample is the members ``<key>.<suffix>`` of one source file, adjacent in its t
 the source path relative to the source root with ``%``, dots in the file name, control
 characters and undecodable bytes percent-escaped, so keys are unique, never absolute, never
 ``..``, and WebDataset splits key and suffix correctly. ``<key>.json`` is mountproc's record of
-the file as it was read (path, size, mtime, sha256), so a transform may not use that suffix.
+the file as it was read (path, its exact bytes, size, mtime, sha256), so a transform may not use
+that suffix.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -71,8 +74,17 @@ def _encode(suffix: str, content: Any) -> bytes:
 
 
 def record(relpath: str, size: int, mtime_ns: int, sha256: str) -> bytes:
-    """The ``<key>.json`` member of a sample: where it came from and what was read."""
-    data = {"path": relpath, "size": size, "mtime_ns": mtime_ns, "sha256": sha256}
+    """The ``<key>.json`` member of a sample: where it came from and what was read. ``path`` is
+    valid UTF-8 always (undecodable bytes as ``\\xNN``, as in the manifest), so that every
+    loader reads it (pyarrow refuses lone surrogates); ``path_b64`` keeps the exact bytes."""
+    raw = os.fsencode(relpath)
+    data = {
+        "path": raw.decode("utf-8", "backslashreplace"),
+        "path_b64": base64.b64encode(raw).decode("ascii"),
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "sha256": sha256,
+    }
     return _json_bytes(data)
 
 

@@ -25,6 +25,7 @@ class _HashingFile(io.RawIOBase):
     def __init__(self, raw: io.BufferedWriter) -> None:
         self.raw = raw
         self.sha = hashlib.sha256()
+        self.md5 = hashlib.md5(usedforsecurity=False)  # what wids checks a shard by
         self.size = 0
 
     def writable(self) -> bool:
@@ -32,6 +33,7 @@ class _HashingFile(io.RawIOBase):
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
         self.sha.update(data)
+        self.md5.update(data)
         self.size += len(data)
         return self.raw.write(data)
 
@@ -41,7 +43,7 @@ class _HashingFile(io.RawIOBase):
 
 class TarBuilder:
     """Builds one tar at ``path.partial`` and renames it to ``path`` only once it is complete
-    and fsynced; the sha256 is computed while writing."""
+    and fsynced; its sha256 and md5 are computed while writing."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -74,6 +76,11 @@ class TarBuilder:
         self._raw.close()
         os.replace(self.partial, self.path)
         return self._hash.sha.hexdigest(), self._hash.size
+
+    @property
+    def md5(self) -> str:
+        """The md5 of the bytes written so far (of the whole tar once closed)."""
+        return self._hash.md5.hexdigest()
 
     def abort(self) -> None:
         """Drop the partial tar (closing it may fail again on a full disk: drop it anyway)."""

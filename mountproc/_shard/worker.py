@@ -98,7 +98,7 @@ def run_shard(spec: ShardSpec, progress: Report | None = None) -> ShardResult:
     try:
         tmp_dir.mkdir(parents=True, exist_ok=True)
         ctx = Context(params=params, state=state, shard=spec.index, tmp_dir=tmp_dir)
-        results, sha, size, tar_path = _build(job, spec, ctx, _Counts(spec.index, progress))
+        results, sha, md5, size, tar_path = _build(job, spec, ctx, _Counts(spec.index, progress))
     except _GiveUp as given_up:  # the tar was dropped: a shard is published whole or not at all
         return ShardResult(spec.index, "", spec.tar_name, "", 0, tuple(given_up.results),
                            socket.gethostname(), shared, stopped=given_up.why)  # fmt: skip
@@ -119,6 +119,7 @@ def run_shard(spec: ShardSpec, progress: Report | None = None) -> ShardResult:
         sha256=sha,
         tar_bytes=size,
         results=tuple(results),
+        md5=md5,
         worker=socket.gethostname(),
         scratch_shared=shared,
     )
@@ -126,7 +127,7 @@ def run_shard(spec: ShardSpec, progress: Report | None = None) -> ShardResult:
 
 def _build(
     job: Job, spec: ShardSpec, ctx: Context[Any], counts: _Counts
-) -> tuple[list[FileResult], str, int, Path]:
+) -> tuple[list[FileResult], str, str, int, Path]:
     """Run every file into the shard's tar; files condemned by earlier attempts fail at once
     (and are not read: reading may be what hung)."""
     notes = ShardNotes(Path(spec.work_dir), spec.index)
@@ -153,7 +154,7 @@ def _build(
     finally:
         reads.close()
         notes.close(done=done)
-    return results, sha, size, tar.path
+    return results, sha, tar.md5, size, tar.path
 
 
 class _Counts:

@@ -4,10 +4,14 @@ the job's typed parameters become Valohai parameters, with their defaults and bo
 from __future__ import annotations
 
 import copy
+import importlib
 import re
+import shlex
+import sys
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import annotated_types
@@ -16,8 +20,7 @@ from pydantic import ByteSize
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from mountproc import __version__
-from mountproc._errors import SettingsError
+from mountproc._errors import SettingsError, UsageError
 from mountproc._job import Job
 from mountproc._settings import RunSettings, setting_extra
 
@@ -56,7 +59,7 @@ class StepOptions:
     job_file: str
     step_name: str | None = None
     image: str = "python:3.11"
-    install: str = f"pip install mountproc=={__version__}"
+    install: str = "pip install ."  # how the step installs mountproc (see install_command)
     mount_source: str = "nfs-server.internal:/share"
     distributed: int = 0  # members of a distributed task; 0: none
     since_input: bool = False  # an optional input for the previous run's manifest (--since)
@@ -101,7 +104,7 @@ def _step(job: Job, opts: StepOptions, name: str) -> dict[str, Any]:
     step: dict[str, Any] = {
         "name": name,
         "image": opts.image,
-        "command": [opts.install, run + " {parameters}"],
+        "command": [opts.install, *_requirements(job), run + " {parameters}"],
         "mounts": [
             {
                 "source": opts.mount_source,
@@ -145,10 +148,52 @@ def _since_input(job: Job) -> dict[str, Any]:
         "optional": True,
         "description": (
             f"The previous run's {job.name}-manifest.parquet (e.g. datum://{job.name}-manifest-"
-            "latest, with --manifest-alias): only what changed since is processed. Empty: a "
+            "latest, with --alias): only what changed since is processed. Empty: a "
             "full run."
         ),
     }
+
+
+def install_command(root: Path, mountproc_from: str | None) -> str:
+    """How a step run from the repository ``root`` installs mountproc: from ``mountproc_from``
+    (anything pip installs: a git URL, a wheel in the repository), or the repository itself
+    when it is mountproc or a project that depends on it. mountproc is not on the public
+    package index, so ``pip install mountproc`` would fail before any work."""
+    if mountproc_from:
+        return f"pip install {shlex.quote(mountproc_from)}"
+    if _installs_mountproc(root):
+        return "pip install ."
+    raise UsageError(
+        f"where should the step install mountproc from? {root} is not a Python project that "
+        "is or depends on mountproc (its pyproject.toml), and mountproc is not on the public "
+        "package index: pass --mountproc-from git+https://github.com/ORG/mountproc@TAG (or a "
+        "wheel in the repository), or --install COMMAND"
+    )
+
+
+def _installs_mountproc(root: Path) -> bool:
+    """Whether ``pip install .`` at ``root`` installs mountproc: the project is mountproc, or
+    names it among its dependencies."""
+    path = root / "pyproject.toml"
+    if not path.is_file():
+        return False
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if sys.version_info < (3, 11):  # no tomllib: the declaration as text
+        return re.search(r"""["']mountproc(\[[^\]]*\])?\s*([<>=!~;@"']|$)""", text) is not None
+    tomllib = importlib.import_module("tomllib")  # Python 3.11+
+    try:
+        project = tomllib.loads(text).get("project", {})
+    except ValueError:  # tomllib.TOMLDecodeError
+        return False
+    deps = [*project.get("dependencies", []), project.get("name", "")]
+    return any(re.match(r"mountproc\b(?![-_.])", str(d).strip().lower()) for d in deps)
+
+
+def _requirements(job: Job) -> list[str]:
+    """The step's command that installs what the job's transform imports, if anything."""
+    if not job.requirements:
+        return []
+    return ["pip install " + " ".join(shlex.quote(r) for r in job.requirements)]
 
 
 def _setting_parameters(job: Job) -> list[dict[str, Any]]:

@@ -23,9 +23,9 @@ FILES: dict[bytes, bytes] = {
 MTIME_NS = 1_700_000_000_123_456_789
 
 PINNED = {
-    "pinned-000000.tar": "7080c0bf3fb9909249b61a3106684aafe2a35696a84a11a082c247844103fa8e",
-    "pinned-000001.tar": "7c59d6e04a783c73c6d03510757cf9b1a1f9f56b57293f9e259476370b7ef5aa",
-    "pinned-000002.tar": "b86ccad24ba1fce7d8e16780f50e57b7a68724f9f373aa9f2995dbf00cb8a4b2",
+    "pinned-000000.tar": "a69ef43902e4067553d6c054d0e5bfc9cce523f6ecd9fd4ee4b8f4cc7cdd21bf",
+    "pinned-000001.tar": "af6919add47bb186eb085d408b018e16b5483bca5f7b0089a3d61879c8c685c1",
+    "pinned-000002.tar": "cdaecc8fbbb2e639ad14b25b247a0cb66c8870c33f1c216ed405d85ce1e7a217",
 }
 
 

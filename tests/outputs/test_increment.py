@@ -147,12 +147,18 @@ def test_three_increments_give_the_samples_of_a_fresh_run(tmp_path: Path, client
     (w.src / "c/1.txt").unlink()
     expected = must_process(days[-1], "grow", {"a/new.txt", "b/2.txt"}, {"c/1.txt"})
     summary, seen = w.run(
-        "day2", since=days[-1], dataset="dataset://grow/v2", manifest_alias="grow-latest"
+        "day2",
+        since=days[-1],
+        dataset="dataset://grow/v2",
+        alias="grow-latest",
+        tags=("daily", "clinic-a"),
     )
     aliased = {
         m["file"] for m in read_metadata(tmp_path / "day2") if "valohai.alias" in m["metadata"]
     }
     assert aliased == {"grow-manifest.parquet"}  # datum://grow-latest: tomorrow's --since
+    tagged = [m["metadata"]["valohai.tags"] for m in read_metadata(tmp_path / "day2")]
+    assert tagged == [["daily", "clinic-a"]] * len(tagged)
     assert sorted(seen) == sorted(expected)  # each file once, only those
     assert len(seen) < len(w.files())
     inc = summary["increment"]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import gc
 import hashlib
 import io
 import json
 import os
-import shutil
 import sys
 import types
 from collections.abc import Iterator
@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import NON_UTF8, RESIZE_JOB, read_manifest, read_metadata, run_cli
+from helpers import NON_UTF8, read_manifest, read_metadata
+from helpers.awkward import ODD_NAMES, publish_awkward_tree
 from PIL import Image
 
-from mountproc._demo_data import make_demo_tree
 from mountproc._shard.sample import member_key
 
 webdataset = pytest.importorskip("webdataset")
@@ -34,26 +34,10 @@ def _collect_leaked_streams() -> Iterator[None]:
     gc.collect()
 
 
-# dots in directory names and file stems, a stem that is only dots' neighbours, a non-UTF-8 name
-ODD_NAMES = ("v1.2/scan.final.v3.jpg", "a.b.c/d.e/IMG.1.JPG", "x/.hidden.jpg", "x/..jpg")
-
-
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A real run over photos with awkward names, in shards of 5 files."""
-    root = tmp_path_factory.mktemp("wds")
-    src = root / "src"
-    good = make_demo_tree(src, count=24)
-    for name in [*ODD_NAMES, NON_UTF8]:
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(good[0], src / name)
-    out = root / "out"
-    args = ("--source", src, "--outputs", out, "--shard-max-files", "5", "--max-failures", "50%")
-    proc = run_cli("run", RESIZE_JOB, *args, cwd=root)
-    assert proc.returncode == 0, proc.stderr
-    rows = [r for r in read_manifest(out) if r["status"] == "ok"]
-    assert len(rows) >= 24
-    return {"src": src, "out": out, "rows": rows, "root": root}
+    return publish_awkward_tree(tmp_path_factory.mktemp("wds"))
 
 
 def expected_keys(rows: list[dict[str, Any]]) -> list[str]:
@@ -83,7 +67,8 @@ def test_webdataset_reads_every_sample_with_its_key_and_record(published: dict[s
         data = (src / relpath).read_bytes()
         stat = (src / relpath).stat()
         assert sample["json"] == {
-            "path": relpath,
+            "path": row["path"],  # valid UTF-8 (undecodable bytes as \\xNN), as in the manifest
+            "path_b64": base64.b64encode(row["path_raw"]).decode(),
             "size": len(data),
             "mtime_ns": stat.st_mtime_ns,
             "sha256": hashlib.sha256(data).hexdigest(),
@@ -104,7 +89,7 @@ def test_every_loaded_sample_joins_its_manifest_row_by_key(published: dict[str, 
 
 def test_odd_names_keep_their_whole_path_as_the_key(published: dict[str, Any]) -> None:
     dataset = webdataset.WebDataset(tar_urls(published["out"]), shardshuffle=False)
-    by_path = {s["json"]["path"]: s for s in dataset.decode()}
+    by_path = {os.fsdecode(base64.b64decode(s["json"]["path_b64"])): s for s in dataset.decode()}
     for name in [*ODD_NAMES, NON_UTF8]:
         sample = by_path[name]
         assert sample["__key__"] == member_key(name)
@@ -123,6 +108,7 @@ def test_the_index_lists_every_tar_with_its_sample_count(published: dict[str, An
     for shard in index["shardlist"]:
         assert (out / shard["url"]).stat().st_size == shard["filesize"]
         assert shard["sha256"] == tars[shard["url"]]["sha256"]
+        assert shard["md5sum"] == hashlib.md5((out / shard["url"]).read_bytes()).hexdigest()
         counted = webdataset.WebDataset(str(out / shard["url"]), shardshuffle=False)
         assert shard["nsamples"] == sum(1 for _ in counted)
     assert "resize-images-wids-index.json" in tars  # published with the tars, in the dataset
@@ -152,6 +138,6 @@ def test_wids_reads_samples_by_number_through_the_index(
         sample = dataset[i]
         assert sample["__key__"] == keys[i]
         record = json.loads(sample[".json"].read())
-        assert record["path"] == os.fsdecode(rows[i]["path_raw"])
+        assert base64.b64decode(record["path_b64"]) == rows[i]["path_raw"]
         with Image.open(io.BytesIO(sample[".jpg"].read())) as image:
             assert max(image.size) <= 224

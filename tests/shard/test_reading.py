@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -60,7 +61,8 @@ def test_the_record_names_the_source_and_what_was_read() -> None:
     name = os.fsdecode(b"caf\xe9/scan.jpg")
     record = json.loads(sample.record(name, read.size, read.mtime_ns, read.sha256))
     assert record == {
-        "path": name,  # JSON's \udce9 escape decodes back to the same string
+        "path": "caf\\xe9/scan.jpg",  # valid UTF-8: every loader reads it
+        "path_b64": base64.b64encode(b"caf\xe9/scan.jpg").decode(),  # the exact bytes
         "size": 1,
         "mtime_ns": 1_700_000_000_123_456_789,
         "sha256": "ab" * 32,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -233,6 +234,7 @@ def test_tar_holds_the_outputs_adjacent_and_ordered(job_ref: JobRef, tmp_path: P
         entry = next(e for e in entries if e.path == rel)
         assert json.loads(contents[f"{key}.json"]) == {
             "path": rel,
+            "path_b64": base64.b64encode(rel.encode()).decode(),
             "size": len(data),
             "mtime_ns": entry.mtime_ns,
             "sha256": hashlib.sha256(data).hexdigest(),
@@ -350,7 +352,9 @@ def test_undecodable_names_are_escaped_and_reasons_are_utf8(
     members = dict(tar_members(result.tar_path))
     assert list(members) == list(ok.members)
     assert json.loads(members["caf%E9%2Etxt.meta.json"])["name"] == ok_name  # \\udce9 escape
-    assert json.loads(members["caf%E9%2Etxt.json"])["path"] == ok_name
+    record = json.loads(members["caf%E9%2Etxt.json"])
+    assert record["path"] == "caf\\xe9.txt"  # valid UTF-8, as in the manifest's path
+    assert os.fsdecode(base64.b64decode(record["path_b64"])) == ok_name
     assert members["caf%E9%2Etxt.txt"] == b"OK"
 
 

@@ -29,7 +29,7 @@ EXPECTED_PARAMETERS = {
     "mount_timeout": ("float", 30.0),
     "size": ("integer", 224),
     "quality": ("integer", 90),
-    "manifest_alias": ("string", None),
+    "alias": ("string", None),
 }
 
 
@@ -200,6 +200,9 @@ def t(src, ctx):
     return {"txt": src.relpath}
 """
 
+USER_PROJECT = '[project]\nname = "clinic-jobs"\ndependencies = ["mountproc"]\n'
+"""A user's repository whose project depends on mountproc: its step installs it with pip."""
+
 PLAIN_JOB = """
 from mountproc import Job
 
@@ -220,6 +223,7 @@ def test_every_mountproc_yaml_output_lints(
     cwd = REPO
     if job_text is not None:
         (tmp_path / "the_job.py").write_text(job_text)
+        (tmp_path / "pyproject.toml").write_text(USER_PROJECT)
         job_file, cwd = "the_job.py", tmp_path
     text = _mountproc_yaml("yaml", job_file, *distributed, cwd=cwd)
     assert _lint_text(text, tmp_path) == []
@@ -229,6 +233,7 @@ def test_every_mountproc_yaml_output_lints(
 
 def test_typed_job_parameters_become_valohai_parameters(tmp_path: Path) -> None:
     (tmp_path / "the_job.py").write_text(TYPED_JOB)
+    (tmp_path / "pyproject.toml").write_text(USER_PROJECT)
     text = _mountproc_yaml("yaml", "the_job.py", cwd=tmp_path)
     (step,) = valohai_yaml.parse(text).steps.values()
     p = step.parameters
@@ -254,6 +259,7 @@ def test_a_parameter_valohai_cannot_carry_is_one_clear_error(tmp_path: Path) -> 
     (tmp_path / "the_job.py").write_text(
         TYPED_JOB.replace("count: int = Field(3, ge=1)", "sizes: list[int] = [1, 2]")
     )
+    (tmp_path / "pyproject.toml").write_text(USER_PROJECT)
     proc = run_cli("yaml", "the_job.py", cwd=tmp_path)
     assert proc.returncode == 2
     assert "parameter 'sizes' has the type list[int], which a Valohai parameter cannot carry" in (
@@ -278,11 +284,11 @@ def test_the_since_input_is_optional_and_feeds_since(tmp_path: Path) -> None:
     step = valohai_yaml.parse(text).steps["resize-images"]
     (given,) = step.inputs.values()
     assert (given.name, given.optional, given.default) == ("previous-manifest", True, None)
-    command = shlex.split(" ".join(step.build_command({"manifest_alias": "grow-latest"})))
+    command = shlex.split(" ".join(step.build_command({"alias": "grow-latest"})))
     at = command.index("--since")
     assert command[at + 1] == "/valohai/inputs/previous-manifest"
-    assert "--manifest_alias=grow-latest" in command
-    assert not any("manifest_alias" in word for word in " ".join(step.build_command({})).split())
+    assert "--alias=grow-latest" in command
+    assert not any("alias" in word for word in " ".join(step.build_command({})).split())
 
 
 def _vh_commands(section: str) -> list[list[str]]:
@@ -293,8 +299,8 @@ def _vh_commands(section: str) -> list[list[str]]:
 
 
 def test_the_daily_ingest_commands_parse_with_valohai_cli() -> None:
-    """valohai-cli builds its options from the step (a parameter ``manifest_alias`` becomes
-    ``--manifest-alias``, an input ``--previous-manifest``): its own builder parses the recipe's
+    """valohai-cli builds its options from the step (a parameter ``alias`` becomes
+    ``--alias``, an input ``--previous-manifest``): its own builder parses the recipe's
     commands, without network, against the step ``--since-input`` prints."""
     from valohai_cli.commands.execution.run.dynamic_run_command import RunCommand
     from valohai_cli.models.project import Project
@@ -311,6 +317,62 @@ def test_the_daily_ingest_commands_parse_with_valohai_cli() -> None:
         args = [w for w in words[4:] if w != "--adhoc"]
         command = RunCommand(Project({"id": "p", "name": "p"}, str(REPO)), step, "c")
         values = command.make_context("my-job", args).params
-        assert values["~manifest_alias"] == "images-manifest-latest"
+        assert values["~alias"] == "images-manifest-latest"
         seen.append(values["^previous-manifest"])
     assert seen == [(), ("datum://images-manifest-latest",)]  # the first run: no input
+
+
+def _project(root: Path, pyproject: str | None) -> Path:
+    """A repository with a job file and, if given, a pyproject.toml."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "the_job.py").write_text(PLAIN_JOB)
+    if pyproject is not None:
+        (root / "pyproject.toml").write_text(pyproject)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("pyproject", "first"),
+    [
+        (
+            '[project]\nname = "clinic-jobs"\ndependencies = ["mountproc[dicom]>=0.1"]\n',
+            "pip install .",
+        ),
+        ('[project]\nname = "mountproc"\n', "pip install ."),
+    ],
+    ids=["depends-on-mountproc", "is-mountproc"],
+)
+def test_the_step_installs_the_repository_that_brings_mountproc(
+    tmp_path: Path, pyproject: str, first: str
+) -> None:
+    root = _project(tmp_path / "repo", pyproject)
+    step = yaml.safe_load(_mountproc_yaml("yaml", "the_job.py", cwd=root))[0]["step"]
+    assert step["command"][0] == first
+
+
+@pytest.mark.parametrize(
+    "pyproject",
+    [None, '[project]\nname = "clinic-jobs"\ndependencies = ["mountproc-extras>=1"]\n'],
+    ids=["no-project", "unrelated-project"],
+)
+def test_without_a_way_to_install_mountproc_yaml_says_how(
+    tmp_path: Path, pyproject: str | None
+) -> None:
+    """``pip install mountproc`` would fail on Valohai (not on the public index): never print it."""
+    root = _project(tmp_path / "repo", pyproject)
+    proc = run_cli("yaml", "the_job.py", cwd=root)
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("mountproc: error: where should the step install mountproc from?")
+    )
+    assert "Traceback" not in proc.stderr
+    wheel = "wheels/mountproc-0.1.0-py3-none-any.whl"
+    text = _mountproc_yaml("yaml", "the_job.py", "--mountproc-from", wheel, cwd=root)
+    assert yaml.safe_load(text)[0]["step"]["command"][0] == f"pip install {wheel}"
+
+
+def test_the_jobs_own_requirements_are_installed() -> None:
+    step = yaml.safe_load(_mountproc_yaml("yaml", "jobs/dicom_to_png.py"))[0]["step"]
+    assert step["command"][:2] == ["pip install .", "pip install 'pydicom>=3.0'"]
