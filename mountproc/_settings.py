@@ -189,8 +189,9 @@ class RunSettings(BaseSettings):
     allow_empty: bool = _setting(False, "Accept a source with no files (default: an error).")
     mount_timeout: float = _setting(
         30.0,
-        "Seconds a mount may take to answer a probe before it counts as hung (default 30).",
-        gt=0,
+        "Seconds a mount may take to answer a probe before it counts as hung (default 30, at "
+        "least 1).",
+        ge=1,  # an inclusive bound: Valohai's parameter min can carry it, an exclusive one not
         valohai=True,
     )
     file_timeout: float = _setting(

@@ -12,6 +12,7 @@ names them, fixed metadata), fsyncing each tar. A file that fails is listed in `
 from __future__ import annotations
 
 import argparse
+import base64
 import fnmatch
 import hashlib
 import importlib.util
@@ -82,7 +83,14 @@ def process(relpath: str) -> tuple[str, list[Member] | None, str]:
         outputs = transform(src, _CTX)
         if outputs is None:
             return relpath, None, "declined by the transform"
-        record = {"mtime_ns": st.st_mtime_ns, "path": relpath, "sha256": digest, "size": st.st_size}
+        raw = os.fsencode(relpath)
+        record = {
+            "mtime_ns": st.st_mtime_ns,
+            "path": raw.decode("utf-8", "backslashreplace"),
+            "path_b64": base64.b64encode(raw).decode("ascii"),
+            "sha256": digest,
+            "size": st.st_size,
+        }
         contents = {**outputs, "json": json.dumps(record, sort_keys=True, ensure_ascii=False)}
         key = member_key(relpath)
         return relpath, [(f"{key}.{s}", _bytes(c)) for s, c in sorted(contents.items())], ""

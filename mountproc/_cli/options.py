@@ -55,7 +55,9 @@ def _option(name: str, field: FieldInfo) -> Callable[[Any], Any]:
         decls = [f"--{n}/--no-{n}" for n in names]
         return click.option(*decls, name, default=None, help=field.description)
     if kind is tuple:
-        return click.option(*(f"--{n}" for n in names), name, multiple=True, help=field.description)
+        flags = (f"--{n}" for n in names)
+        metavar = extra.get("metavar")
+        return click.option(*flags, name, multiple=True, metavar=metavar, help=field.description)
     return click.option(
         *(f"--{n}" for n in names),
         name,

@@ -11,6 +11,7 @@ from mountproc._cli.guard import guarded
 from mountproc._cli.main import main
 from mountproc._errors import SettingsError
 from mountproc._jobfile import job_ref
+from mountproc._valohai.pipeline import DEFAULT_INPUT, pipeline_config
 from mountproc._valohai.step import (
     SINCE_INPUT,
     SourceInput,
@@ -70,6 +71,13 @@ log = logging.getLogger(__name__)
     help="With --input: declare it `download: on-demand`, its files downloaded by the workers "
     "as they go (nothing is downloaded before the run).",
 )
+@click.option(
+    "--pipeline",
+    metavar="TRAIN_STEP[:INPUT]",
+    help="Also a pipeline from this step into a training step (yours, from ./valohai.yaml, or "
+    f"a stub), its edges carrying the tars and the wids index into INPUT (default "
+    f"{DEFAULT_INPUT}).",
+)
 def yaml_(
     job_file: str,
     step_name: str | None,
@@ -81,6 +89,7 @@ def yaml_(
     since_input: bool,
     source_input: str | None,
     on_demand: bool,
+    pipeline: str | None,
 ) -> None:
     """Print a valohai.yaml step for JOB_FILE: its settings and typed job parameters become
     Valohai parameters, the source an NFS mount, read-only.
@@ -89,6 +98,7 @@ def yaml_(
     Examples:
       mountproc yaml jobs/resize_images.py > valohai.yaml
       mountproc yaml jobs/resize_images.py --mount-source 10.0.0.2:/share --distributed 4
+      mountproc yaml jobs/resize_images.py --pipeline train:shards > valohai.yaml
     """
 
     def action() -> None:
@@ -108,7 +118,12 @@ def yaml_(
             shown, step_name, image, command, mount_source, distributed or 0, since_input,
             source_input=_source_input(source_input, on_demand),
         )  # fmt: skip
-        click.echo(render(valohai_config(job, opts)), nl=False)
+        config = valohai_config(job, opts)
+        if pipeline:
+            users = Path.cwd() / "valohai.yaml"
+            existing = users if users.is_file() else None
+            config += pipeline_config(config[0]["step"], job.name, pipeline, existing)
+        click.echo(render(config), nl=False)
 
     guarded(action)
 

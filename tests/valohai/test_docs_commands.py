@@ -70,6 +70,19 @@ def test_valohai_cli_accepts_the_documented_command(where: str, command: str) ->
     assert given <= known, (where, given - known)
 
 
+PIPELINE = re.compile(r"vh pipeline run [^`\n]*")
+
+
+def test_valohai_cli_accepts_the_documented_pipeline_commands() -> None:
+    from valohai_cli.commands.pipeline.run.run import run
+
+    found = [m.group(0) for p in DOCUMENTS for m in PIPELINE.finditer(p.read_text())]
+    assert found
+    for command in found:
+        words = shlex.split(command)
+        assert run.make_context("run", words[3:]).params["adhoc"], command
+
+
 def test_a_misspelt_option_is_refused_by_the_same_parsers() -> None:
     """The check above can fail: valohai-cli refuses what the step does not offer."""
     import click

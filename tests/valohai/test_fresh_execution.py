@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -89,36 +90,120 @@ def _execution(root: Path, commands: list[str], values: dict[str, Any], source: 
         ["unshare", "--mount", "bash", "-c", script],
         env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
+    (root / "stdout.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
     return outputs
 
 
-@pytest.mark.slow
-@pytest.mark.mount
-def test_the_generated_step_runs_as_printed_in_a_fresh_virtualenv(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the repository, a source tree of photos and a fresh virtualenv (empty: the
+    step's own commands install into it)."""
     reason = _unavailable()
     if reason:
         pytest.skip(reason)
-    repository, source = tmp_path / "repository", tmp_path / "src"
-    _copy_repository(repository)
-    make_demo_tree(source, count=12)
-    text = run_cli("yaml", "jobs/resize_images.py", cwd=repository).stdout
+    root = tmp_path_factory.mktemp("fresh")
+    _copy_repository(root / "repository")
+    make_demo_tree(root / "src", count=12)
+    subprocess.run([sys.executable, "-m", "venv", str(root / "venv")], check=True)
+    return root
+
+
+def _published(outputs: Path, values: dict[str, Any]) -> Path:
+    """Where a run with ``values`` published: a test-mode run into ``test-mode/``."""
+    return outputs / "test-mode" if values.get("test_mode") else outputs
+
+
+@pytest.mark.slow
+@pytest.mark.mount
+def test_the_generated_step_runs_as_printed_in_a_fresh_virtualenv(world: Path) -> None:
+    text = run_cli("yaml", "jobs/resize_images.py", cwd=world / "repository").stdout
     step = valohai_yaml.parse(text).steps["resize-images"]
     assert set(step.parameters) == set(EVERY_PARAMETER)  # every one of them is tried below
     assert step.mounts[0].destination == "/mnt/raw-images"
-    subprocess.run([sys.executable, "-m", "venv", str(tmp_path / "venv")], check=True)
     runs: list[tuple[str, dict[str, Any]]] = [
         ("defaults", {}),
         ("every-parameter", EVERY_PARAMETER),
     ]
     for name, values in runs:
-        commands = step.build_command(values)
-        outputs = _execution(tmp_path / name, commands, values, source)
-        published = outputs / "test-mode" if values.get("test_mode") else outputs
-        verified = run_cli("verify", published, cwd=tmp_path)
+        outputs = _execution(world / name, step.build_command(values), values, world / "src")
+        published = _published(outputs, values)
+        verified = run_cli("verify", published, cwd=world)
         assert verified.returncode == 0, verified.stdout + verified.stderr
         summary = json.loads((published / "resize-images-summary.json").read_text())
         assert summary["files_failed"] == 0
         assert summary["files_ok"] == (5 if values else 12)
         assert summary["params"]["size"] == values.get("size", 224)
         assert summary["dataset"] == (None if values else "dataset://preprocessed-images/v1")
+
+
+def _readme_steps() -> dict[int, list[str]]:
+    """The commands (code spans) of each numbered step of the README's "First run on Valohai"."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## First run on Valohai", 1)[1].split("\n## ", 1)[0]
+    steps: dict[int, list[str]] = {}
+    for number, body in re.findall(r"^(\d+)\. (.*?)(?=^\d+\. |\Z)", section, re.M | re.S):
+        spans = re.findall(r"`([^`]+)`", body.replace("\n   ", " "))
+        steps[int(number)] = [c for c in spans if c.startswith(("mountproc ", "vh ", "python -m"))]
+    return steps
+
+
+def _vh_values(command: str, step: Any) -> dict[str, Any]:
+    """The parameter values valohai-cli's own parsers take from a documented ``vh`` command."""
+    from valohai_cli.commands.execution.run.dynamic_run_command import RunCommand
+    from valohai_cli.commands.execution.run.frontend_command import run
+    from valohai_cli.models.project import Project
+
+    front = run.make_context("run", shlex.split(command)[3:]).params
+    cmd = RunCommand(Project({"id": "p", "name": "p"}, str(REPO)), step, "c")
+    given = cmd.make_context(front["step_name"], list(front["args"])).params
+    defaults = {name: p.default for name, p in step.parameters.items()}
+    values = {k[1:]: v for k, v in given.items() if k.startswith("~")}
+    return {k: v for k, v in values.items() if v != defaults.get(k)}
+
+
+@pytest.mark.slow
+@pytest.mark.mount
+def test_the_readmes_first_run_on_valohai_as_written(world: Path) -> None:
+    """Steps 2 to 6, as far as no network is needed: the step generated and checked, a
+    test-mode execution, its outputs verified, the real execution registering the dataset
+    version, the distributed step."""
+    steps, repository = _readme_steps(), world / "repository"
+    generate, check = steps[2][0], steps[2][-1]
+    assert generate.startswith("mountproc yaml jobs/resize_images.py")
+    assert generate.endswith("> valohai.yaml")
+    env = clean_env({"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    for command in (
+        generate.replace("mountproc ", f"{sys.executable} -m mountproc ", 1),
+        check.replace("python ", f"{sys.executable} ", 1),
+    ):
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=repository, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, (command, done.stderr)
+    step = valohai_yaml.parse((repository / "valohai.yaml").read_text()).steps["resize-images"]
+    (test_run,) = steps[3]
+    values = _vh_values(test_run, step)
+    assert values == {"test_mode": True}
+    outputs = _execution(world / "readme-test", step.build_command(values), values, world / "src")
+    log = (world / "readme-test" / "stdout.log").read_text()
+    assert any(line.startswith("{") and "files_done" in line for line in log.splitlines())
+    assert re.search(r"^files +12 ok, 0 failed", log, re.M)  # the summary table
+    lines = [
+        json.loads(x)
+        for x in (_published(outputs, values) / "valohai.metadata.jsonl").read_text().splitlines()
+    ]
+    assert not any("valohai.dataset-versions" in x["metadata"] for x in lines)
+    (verify,) = [c for c in steps[4] if c.startswith("mountproc verify")]
+    done = run_cli(*shlex.split(verify)[1:-1], outputs, cwd=world)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (real_run,) = steps[5]
+    values = _vh_values(real_run, step)
+    outputs = _execution(world / "readme-real", step.build_command(values), values, world / "src")
+    lines = [json.loads(x) for x in (outputs / "valohai.metadata.jsonl").read_text().splitlines()]
+    assert {json.dumps(x["metadata"]["valohai.dataset-versions"]) for x in lines} == {
+        json.dumps([{"packaging": True, "uri": "dataset://preprocessed-images/v1"}])
+    }
+    (distributed,) = steps[6]
+    args = shlex.split(distributed.replace("...", "jobs/resize_images.py"))[1:]
+    assert valohai_yaml.parse(run_cli(*args, cwd=repository).stdout).tasks

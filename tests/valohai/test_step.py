@@ -376,3 +376,20 @@ def test_without_a_way_to_install_mountproc_yaml_says_how(
 def test_the_jobs_own_requirements_are_installed() -> None:
     step = yaml.safe_load(_mountproc_yaml("yaml", "jobs/dicom_to_png.py"))[0]["step"]
     assert step["command"][:2] == ["pip install .", "pip install 'pydicom>=3.0'"]
+
+
+def test_every_numeric_valohai_setting_has_bounds_valohai_can_carry() -> None:
+    """Valohai's min and max are inclusive: an exclusive bound (gt, lt) would be lost, and the
+    UI would accept a value mountproc refuses."""
+    import annotated_types
+
+    from mountproc._settings import RunSettings, setting_extra
+
+    step = yaml.safe_load(_mountproc_yaml("yaml", "jobs/resize_images.py"))[0]["step"]
+    numeric = {p["name"] for p in step["parameters"] if p["type"] in ("integer", "float")}
+    for name, field in RunSettings.model_fields.items():
+        if setting_extra(name).get("valohai") and name in numeric:
+            kinds = {type(m) for m in field.metadata}
+            assert not kinds & {annotated_types.Gt, annotated_types.Lt}, name
+    (timeout,) = [p for p in step["parameters"] if p["name"] == "mount_timeout"]
+    assert timeout["min"] == 1
