@@ -12,6 +12,7 @@ from pydantic import (
     AliasChoices,
     ByteSize,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -255,11 +256,11 @@ class RunSettings(BaseSettings):
             raise ValueError("--dataset-from and --dataset-start-fresh contradict each other")
         return self
 
-    @field_validator("adapt")
+    @field_validator("adapt", "resources")
     @classmethod
-    def _adapt(cls, v: str | None) -> str | None:
-        if v:
-            parse_adapt(v)
+    def _parsed(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v:  # parse_adapt or parse_resources: a bad value raises, naming what is wrong
+            {"adapt": parse_adapt, "resources": parse_resources}[str(info.field_name)](v)
         return v or None
 
     @property
@@ -306,13 +307,6 @@ class RunSettings(BaseSettings):
     def _budget(cls, v: str) -> str:
         FailureBudget.parse(v)
         return v
-
-    @field_validator("resources")
-    @classmethod
-    def _resources(cls, v: str | None) -> str | None:
-        if v:
-            parse_resources(v)
-        return v or None
 
     @property
     def resource_needs(self) -> dict[str, float]:
