@@ -36,6 +36,7 @@ from mountproc._listing.dirscan import (
     scan,
     unreadable,
 )
+from mountproc._records import display_path
 
 __all__ = [
     "LISTING_SCHEMA",
@@ -246,11 +247,6 @@ def _expand(patterns: Patterns, items: Sequence[_Item]) -> list[Rows | OSError |
         else:
             out.append(item)
     return out
-
-
-def display_path(path: str) -> str:
-    """A valid-UTF-8 rendering of a path (undecodable bytes as ``\\xNN``)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def write_listing(
