@@ -17,6 +17,7 @@ from typing import Any
 from mountproc import __version__
 from mountproc._cluster.client import Client
 from mountproc._cluster.connect import connect
+from mountproc._cluster.early import EarlyCluster, start_early
 from mountproc._cluster.feed import Feed, reporting
 from mountproc._cluster.jobqueue import cluster_class
 from mountproc._cluster.placement import crawl_on_cluster
@@ -146,9 +147,11 @@ class Run:
         self, stack: ExitStack, begun: Begun, checked: Preflight
     ) -> tuple[Plan, int, Client, WorkerCheck]:
         """The shards (listed now, or an earlier run's), and the checked cluster."""
-        client = check = None
+        client = check = early = None
         if begun.plan is None and crawl_on_cluster(self.resolved):  # workers list the tree too
             client, check = self._connect(stack, checked)
+        elif begun.plan is None and self.given_client is None:  # workers start while it lists
+            early = start_early(stack, self.resolved)
         if begun.plan is not None:
             plan, entries = begun.plan
             found = begun.state.get("increment")
@@ -159,15 +162,23 @@ class Run:
         self.tally = Tally(plan.shards, plan.files, excluded=entries - plan.files - carried)
         self.tally.reuse(begun.finished.values())
         if client is None or check is None:
-            client, check = self._connect(stack, checked)
+            left = plan.shards - len(begun.finished)
+            client, check = self._connect(stack, checked, left, early)
         remove_published(begun.replaced)
         if begun.replaced:  # their lines go with them; every other line stays
             metadata_file.update(self.paths.outputs, self.paths.root, self.paths.owns, [])
         self.paths.outputs.mkdir(parents=True, exist_ok=True)
         return plan, entries, client, check
 
-    def _connect(self, stack: ExitStack, checked: Preflight) -> tuple[Client, WorkerCheck]:
-        return connect(stack, self.resolved, self.paths.token, checked.mount, self.given_client)
+    def _connect(
+        self,
+        stack: ExitStack,
+        checked: Preflight,
+        shards: int | None = None,
+        early: EarlyCluster | None = None,
+    ) -> tuple[Client, WorkerCheck]:
+        r, given = self.resolved, self.given_client
+        return connect(stack, r, self.paths.token, checked.mount, given, shards, early)
 
     def _list(
         self, checked: Preflight, client: Client | None, state: dict[str, Any]
