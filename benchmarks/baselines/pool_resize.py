@@ -12,6 +12,7 @@ names them, fixed metadata), fsyncing each tar. A file that fails is listed in `
 from __future__ import annotations
 
 import argparse
+import base64
 import fnmatch
 import hashlib
 import importlib.util
@@ -82,7 +83,9 @@ def process(relpath: str) -> tuple[str, list[Member] | None, str]:
         outputs = transform(src, _CTX)
         if outputs is None:
             return relpath, None, "declined by the transform"
-        record = {"mtime_ns": st.st_mtime_ns, "path": relpath, "sha256": digest, "size": st.st_size}
+        b64 = base64.b64encode(os.fsencode(relpath)).decode("ascii")
+        record = {"mtime_ns": st.st_mtime_ns, "path": relpath, "path_b64": b64, "sha256": digest}
+        record["size"] = st.st_size
         contents = {**outputs, "json": json.dumps(record, sort_keys=True, ensure_ascii=False)}
         key = member_key(relpath)
         return relpath, [(f"{key}.{s}", _bytes(c)) for s, c in sorted(contents.items())], ""
@@ -95,18 +98,20 @@ def _bytes(content: bytes | str) -> bytes:
 
 
 class TarWriter:
-    """Reproducible PAX tars of at most ``per_tar`` samples: ``pool-000000.tar``, ..."""
+    """Reproducible PAX tars of at most ``per_tar`` samples: ``pool-000000.tar``, ... (or
+    ``<prefix>-<first>.tar``, ...)."""
 
-    def __init__(self, outputs: Path, per_tar: int) -> None:
-        self.outputs, self.per_tar = outputs, per_tar
-        self.count = self.samples = 0
+    def __init__(self, outputs: Path, per_tar: int, prefix: str = "pool", first: int = 0) -> None:
+        self.outputs, self.per_tar, self.prefix = outputs, per_tar, prefix
+        self.count, self.samples = first, 0
         self._raw: IO[bytes] | None = None
         self._tar: tarfile.TarFile | None = None
 
     def add(self, members: list[Member]) -> None:
         """Add one sample's members, starting a new tar when the current one is full."""
         if self._tar is None:
-            self._raw = open(self.outputs / f"pool-{self.count:06d}.tar", "wb")  # noqa: SIM115
+            path = self.outputs / f"{self.prefix}-{self.count:06d}.tar"
+            self._raw = open(path, "wb")  # noqa: SIM115
             self._tar = tarfile.open(fileobj=self._raw, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         for name, data in members:
             info = tarfile.TarInfo(name)
