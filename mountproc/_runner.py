@@ -17,7 +17,6 @@ from typing import Any
 from mountproc import __version__
 from mountproc._cluster.client import Client
 from mountproc._cluster.connect import connect
-from mountproc._cluster.early import EarlyCluster, start_early
 from mountproc._cluster.feed import Feed, reporting
 from mountproc._cluster.jobqueue import cluster_class
 from mountproc._cluster.placement import crawl_on_cluster
@@ -147,11 +146,9 @@ class Run:
         self, stack: ExitStack, begun: Begun, checked: Preflight
     ) -> tuple[Plan, int, Client, WorkerCheck]:
         """The shards (listed now, or an earlier run's), and the checked cluster."""
-        client = check = early = None
+        client = check = None
         if begun.plan is None and crawl_on_cluster(self.resolved):  # workers list the tree too
             client, check = self._connect(stack, checked)
-        elif begun.plan is None and self.given_client is None:  # workers start while it lists
-            early = start_early(stack, self.resolved)
         if begun.plan is not None:
             plan, entries = begun.plan
             found = begun.state.get("increment")
@@ -162,8 +159,8 @@ class Run:
         self.tally = Tally(plan.shards, plan.files, excluded=entries - plan.files - carried)
         self.tally.reuse(begun.finished.values())
         if client is None or check is None:
-            left = plan.shards - len(begun.finished)
-            client, check = self._connect(stack, checked, left, early)
+            left = plan.shards - len(begun.finished)  # no more workers than shards to run
+            client, check = self._connect(stack, checked, left)
         remove_published(begun.replaced)
         if begun.replaced:  # their lines go with them; every other line stays
             metadata_file.update(self.paths.outputs, self.paths.root, self.paths.owns, [])
@@ -171,14 +168,10 @@ class Run:
         return plan, entries, client, check
 
     def _connect(
-        self,
-        stack: ExitStack,
-        checked: Preflight,
-        shards: int | None = None,
-        early: EarlyCluster | None = None,
+        self, stack: ExitStack, checked: Preflight, shards: int | None = None
     ) -> tuple[Client, WorkerCheck]:
         r, given = self.resolved, self.given_client
-        return connect(stack, r, self.paths.token, checked.mount, given, shards, early)
+        return connect(stack, r, self.paths.token, checked.mount, given, shards)
 
     def _list(
         self, checked: Preflight, client: Client | None, state: dict[str, Any]

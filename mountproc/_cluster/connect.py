@@ -13,7 +13,6 @@ from distributed import Client
 
 from mountproc._cluster.checks import check_versions, check_workers
 from mountproc._cluster.client import open_cluster
-from mountproc._cluster.early import EarlyCluster
 from mountproc._cluster.jobqueue import batch_cluster
 from mountproc._cluster.placement import batch_options, cluster_options
 from mountproc._cluster.stream import worker_count
@@ -46,14 +45,10 @@ def connect(
     mount: MountReport,
     client: Client | None = None,
     shards: int | None = None,
-    early: EarlyCluster | None = None,
 ) -> tuple[Client, WorkerCheck]:
     """Start or reach the cluster (closed with ``stack``), or use the caller's ``client`` (left
-    open), or the ``early`` one, and check every worker's view; ``shards``: how many the run
-    has left to run."""
-    if early is not None:
-        client = early.client(shards or 1)
-    elif client is None:
+    open), and check every worker's view; ``shards``: how many the run has left to run."""
+    if client is None:
         batch = batch_options(run)
         opened = batch_cluster(batch) if batch else open_cluster(cluster_options(run, shards))
         client = stack.enter_context(opened)
