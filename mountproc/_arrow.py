@@ -18,26 +18,40 @@ _INTEGERS = {pa.int64(): np.int64, pa.int32(): np.int32}
 def array(values: Collection[Any], type: pa.DataType) -> pa.Array:
     """``pa.array(values, type)``: None is null; a ``str`` that is not valid UTF-8 raises
     ``UnicodeEncodeError``."""
-    items = values if isinstance(values, Sequence) else list(values)
-    valid = [v is not None for v in items]
-    nulls = len(items) - sum(valid)
-    bitmap = _bits(valid) if nulls else None
+    items = values if isinstance(values, list) else list(values)
+    nulls = items.count(None)
+    if nulls == len(items):  # e.g. the listing's skip reasons, nearly always
+        return pa.nulls(nulls, type)
+    bitmap = _bits([v is not None for v in items]) if nulls else None
+    if nulls:
+        empty = () if pa.types.is_list(type) else _EMPTY.get(type)
+        items = [empty if v is None else v for v in items]
     if type in _INTEGERS:
-        data = np.fromiter((v or 0 for v in items), dtype=_INTEGERS[type], count=len(items))
-        return pa.Array.from_buffers(type, len(items), [bitmap, pa.py_buffer(data)], nulls)
+        numbers = np.array(items, dtype=_INTEGERS[type])
+        return pa.Array.from_buffers(type, len(items), [bitmap, pa.py_buffer(numbers)], nulls)
     if type == pa.bool_():
-        data = _bits([bool(v) for v in items])
-        return pa.Array.from_buffers(type, len(items), [bitmap, data], nulls)
+        return pa.Array.from_buffers(type, len(items), [bitmap, _bits(items)], nulls)
     if type in (pa.string(), pa.binary()):
-        blobs = [b"" if v is None else v.encode() if type == pa.string() else v for v in items]
-        buffers = [bitmap, _offsets(blobs), pa.py_buffer(b"".join(blobs))]
-        return pa.Array.from_buffers(type, len(items), buffers, nulls)
+        blob, offsets = _text(items) if type == pa.string() else (b"".join(items), _offsets(items))
+        return pa.Array.from_buffers(type, len(items), [bitmap, offsets, pa.py_buffer(blob)], nulls)
     if pa.types.is_list(type):
-        lists = [v or () for v in items]
-        child = array([x for v in lists for x in v], type.value_type)
-        buffers = [bitmap, _offsets(lists)]
+        child = array([x for v in items for x in v], type.value_type)
+        buffers = [bitmap, _offsets(items)]
         return pa.Array.from_buffers(type, len(items), buffers, nulls, children=[child])
     raise TypeError(f"no Arrow array of {type} from Python values here")
+
+
+_EMPTY: dict[pa.DataType, Any] = {pa.string(): "", pa.binary(): b"", pa.bool_(): False}
+_EMPTY.update({kind: 0 for kind in _INTEGERS})
+
+
+def _text(items: list[str]) -> tuple[bytes, pa.Buffer]:
+    """The UTF-8 bytes of ``items`` laid end to end, and their offsets (ASCII: in one go)."""
+    joined = "".join(items)
+    if joined.isascii():
+        return joined.encode("ascii"), _offsets(items)
+    blobs = [v.encode() for v in items]
+    return b"".join(blobs), _offsets(blobs)
 
 
 def scalar(value: Any, type: pa.DataType) -> pa.Scalar:

@@ -23,6 +23,9 @@ CASES: list[tuple[list[Any], pa.DataType]] = [
     ([["a", "b"], [], None, ["c"]], pa.list_(pa.string())),
     ([["a", "b"], ["c", "d"]], pa.list_(pa.string())),
     ([None, None], pa.string()),
+    ([None, None], pa.int64()),
+    ([None], pa.list_(pa.string())),
+    (["ascii", "x"], pa.string()),
     ([], pa.string()),
     ([], pa.list_(pa.string())),
 ]
