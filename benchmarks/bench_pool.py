@@ -63,13 +63,26 @@ def comparison(name: str, target: float) -> Comparison:
     return Comparison(name, BASELINE, OURS, target=f"ratio <= {target:g}", check=at_most(target))
 
 
-def measure(cfg: Config, cmp: Comparison, source: Path, inputs: Path, runs: str) -> None:
+Command = Callable[[Path], Callable[[Path], list[str | Path]]]
+"""A baseline script on a source: ``command(source)(out)`` is its command line."""
+
+
+def measure(
+    cfg: Config,
+    cmp: Comparison,
+    source: Path,
+    inputs: Path,
+    runs: str,
+    baseline: tuple[str, Command] | None = None,
+) -> None:
     """Time both sides on ``source`` (``inputs``: the same files on local disk, evicted from
-    the page cache before every run), then check that their samples are equal."""
+    the page cache before every run), then check that their samples are equal. ``baseline``:
+    its name and command (default: the Pool script)."""
     images = count_images(source)
-    base_out, ours_out = cfg.work / "runs" / runs / "pool", cfg.work / "runs" / runs / "ours"
+    name, command = baseline or ("pool", pool_command)
+    base_out, ours_out = cfg.work / "runs" / runs / name, cfg.work / "runs" / runs / "ours"
     log.info("%s: %d repeats", cmp.name, cfg.repeats)
-    pool = subprocess_side(base_out, pool_command(source), run_timeout(cfg))
+    pool = subprocess_side(base_out, command(source), run_timeout(cfg))
     ours_side = subprocess_side(ours_out, mountproc_run(source), run_timeout(cfg))
     alternate(cfg, cmp, pool, ours_side, inputs)
     ours = tar_members((ours_out / "outputs").glob("*.tar"))
@@ -78,7 +91,7 @@ def measure(cfg: Config, cmp: Comparison, source: Path, inputs: Path, runs: str)
     cmp.checks["every file processed"] = sum(n.endswith(".jpg") for n in ours) == images
     cmp.note = (
         f"{images} JPEGs; {text}; {cache_note(cfg)}; both as subprocesses, "
-        f"{os.cpu_count()} pool processes / local workers"
+        f"{os.cpu_count()} {name} processes / local workers"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -181,3 +182,8 @@ class RunReport:
     summary: dict[str, Any]
     within_budget: bool
     outputs: Path
+
+
+def display_path(path: str) -> str:
+    """A valid-UTF-8 rendering of a path (undecodable bytes as ``\\xNN``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -159,15 +159,19 @@ class Run:
         self.tally = Tally(plan.shards, plan.files, excluded=entries - plan.files - carried)
         self.tally.reuse(begun.finished.values())
         if client is None or check is None:
-            client, check = self._connect(stack, checked)
+            left = plan.shards - len(begun.finished)  # no more workers than shards to run
+            client, check = self._connect(stack, checked, left)
         remove_published(begun.replaced)
         if begun.replaced:  # their lines go with them; every other line stays
             metadata_file.update(self.paths.outputs, self.paths.root, self.paths.owns, [])
         self.paths.outputs.mkdir(parents=True, exist_ok=True)
         return plan, entries, client, check
 
-    def _connect(self, stack: ExitStack, checked: Preflight) -> tuple[Client, WorkerCheck]:
-        return connect(stack, self.resolved, self.paths.token, checked.mount, self.given_client)
+    def _connect(
+        self, stack: ExitStack, checked: Preflight, shards: int | None = None
+    ) -> tuple[Client, WorkerCheck]:
+        r, given = self.resolved, self.given_client
+        return connect(stack, r, self.paths.token, checked.mount, given, shards)
 
     def _list(
         self, checked: Preflight, client: Client | None, state: dict[str, Any]

@@ -111,9 +111,28 @@ assert (result.files_ok, result.files_failed) == (5, 1), result
 """
     loaded = _loaded_after(code, tmp_path)
     assert "mountproc" in loaded
-    assert not loaded & set(DASK)
+    assert not loaded & {*DASK, "pyarrow", "pandas"}  # what every worker process would import
 
 
-@pytest.mark.parametrize("code", ["import mountproc", "import mountproc._cli"])
+HELP = """
+from click.testing import CliRunner
+from mountproc._cli import main
+result = CliRunner().invoke(main, {args!r})
+assert result.exit_code == 0 and "Usage: main" in result.output, result.output
+"""
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import mountproc",
+        "import mountproc._cli",
+        HELP.format(args=["--help"]),
+        HELP.format(args=["run", "--help"]),
+    ],
+    ids=["package", "cli", "help", "run-help"],
+)
 def test_importing_the_package_or_the_cli_loads_no_dask(code: str, tmp_path: Path) -> None:
+    """``mountproc --help`` and ``mountproc run --help`` answer in a quarter of a second: the
+    CLI (its options made from the settings) loads no Dask, pandas or pyarrow."""
     assert not _loaded_after(code, tmp_path) & {*DASK, "pandas", "pyarrow"}

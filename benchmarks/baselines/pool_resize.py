@@ -103,18 +103,20 @@ def _bytes(content: bytes | str) -> bytes:
 
 
 class TarWriter:
-    """Reproducible PAX tars of at most ``per_tar`` samples: ``pool-000000.tar``, ..."""
+    """Reproducible PAX tars of at most ``per_tar`` samples: ``pool-000000.tar``, ... (or
+    ``<prefix>-<first>.tar``, ...)."""
 
-    def __init__(self, outputs: Path, per_tar: int) -> None:
-        self.outputs, self.per_tar = outputs, per_tar
-        self.count = self.samples = 0
+    def __init__(self, outputs: Path, per_tar: int, prefix: str = "pool", first: int = 0) -> None:
+        self.outputs, self.per_tar, self.prefix = outputs, per_tar, prefix
+        self.count, self.samples = first, 0
         self._raw: IO[bytes] | None = None
         self._tar: tarfile.TarFile | None = None
 
     def add(self, members: list[Member]) -> None:
         """Add one sample's members, starting a new tar when the current one is full."""
         if self._tar is None:
-            self._raw = open(self.outputs / f"pool-{self.count:06d}.tar", "wb")  # noqa: SIM115
+            path = self.outputs / f"{self.prefix}-{self.count:06d}.tar"
+            self._raw = open(path, "wb")  # noqa: SIM115
             self._tar = tarfile.open(fileobj=self._raw, mode="w", format=tarfile.PAX_FORMAT)  # noqa: SIM115
         for name, data in members:
             info = tarfile.TarInfo(name)

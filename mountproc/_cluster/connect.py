@@ -44,12 +44,13 @@ def connect(
     token_path: Path,
     mount: MountReport,
     client: Client | None = None,
+    shards: int | None = None,
 ) -> tuple[Client, WorkerCheck]:
     """Start or reach the cluster (closed with ``stack``), or use the caller's ``client`` (left
-    open), and check every worker's view."""
+    open), and check every worker's view; ``shards``: how many the run has left to run."""
     if client is None:
         batch = batch_options(run)
-        opened = batch_cluster(batch) if batch else open_cluster(cluster_options(run))
+        opened = batch_cluster(batch) if batch else open_cluster(cluster_options(run, shards))
         client = stack.enter_context(opened)
     else:
         log.info("using the given Dask client (%s)", getattr(client.scheduler, "address", client))

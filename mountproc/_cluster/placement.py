@@ -16,8 +16,9 @@ from mountproc._resolve import ResolvedRun
 log = logging.getLogger(__name__)
 
 
-def cluster_options(run: ResolvedRun) -> ClusterOptions:
-    """Which cluster the settings ask for."""
+def cluster_options(run: ResolvedRun, shards: int | None = None) -> ClusterOptions:
+    """Which cluster the settings ask for; an embedded cluster of the default size starts no
+    more workers than there are ``shards`` to run (a worker without a shard only costs)."""
     s = run.settings
     tls = None
     if s.tls_ca_file and s.tls_cert and s.tls_key:
@@ -27,6 +28,8 @@ def cluster_options(run: ResolvedRun) -> ClusterOptions:
     opts = replace(opts, resources=s.resource_needs or None, memory_limit=memory)
     task = run.distributed
     if task is None:
+        if s.workers is None and not s.scheduler and shards is not None:
+            opts = replace(opts, workers=max(1, min(os.cpu_count() or 1, shards)))
         return opts
     return replace(opts, host=task.primary_ip, port=s.scheduler_port, members=task.others)
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mountproc import _arrow as arrow
 from mountproc._listing.crawl import Task, ordered_walk
 from mountproc._listing.dirscan import (
     Listed,
@@ -36,6 +37,7 @@ from mountproc._listing.dirscan import (
     scan,
     unreadable,
 )
+from mountproc._records import display_path
 
 __all__ = [
     "LISTING_SCHEMA",
@@ -248,11 +250,6 @@ def _expand(patterns: Patterns, items: Sequence[_Item]) -> list[Rows | OSError |
     return out
 
 
-def display_path(path: str) -> str:
-    """A valid-UTF-8 rendering of a path (undecodable bytes as ``\\xNN``)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def write_listing(
     root: Path,
     patterns: Patterns,
@@ -290,17 +287,17 @@ def _write(writer: pq.ParquetWriter, rows: Rows, stats: ListingStats) -> Listing
 def to_batch(rows: Rows) -> pa.RecordBatch:
     """Rows as a record batch of the listing."""
     try:  # valid UTF-8 (nearly always): the raw bytes are the very same buffer
-        path = pa.array(rows.paths, pa.string())
+        path = arrow.array(rows.paths, pa.string())
         raw = path.cast(pa.binary())
     except UnicodeEncodeError:  # undecodable bytes, surrogate-escaped by os.fsdecode
-        path = pa.array([display_path(p) for p in rows.paths], pa.string())
-        raw = pa.array([os.fsencode(p) for p in rows.paths], pa.binary())
+        path = arrow.array([display_path(p) for p in rows.paths], pa.string())
+        raw = arrow.array([os.fsencode(p) for p in rows.paths], pa.binary())
     columns = [
         path,
         raw,
-        pa.array(rows.kinds, pa.string()),
-        pa.array(rows.sizes, pa.int64()),
-        pa.array(rows.mtimes, pa.int64()),
-        pa.array(rows.reasons, pa.string()),
+        arrow.array(rows.kinds, pa.string()),
+        arrow.array(rows.sizes, pa.int64()),
+        arrow.array(rows.mtimes, pa.int64()),
+        arrow.array(rows.reasons, pa.string()),
     ]
     return pa.RecordBatch.from_arrays(columns, schema=LISTING_SCHEMA)

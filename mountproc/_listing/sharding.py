@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mountproc import _arrow as arrow
 from mountproc._listing.listing import LISTING_SCHEMA
 from mountproc._records import FileEntry
 
@@ -132,8 +133,8 @@ def write_plan(
                     shards.append(None)
             row += len(shards)
             cols = {name: batch.column(name) for name in LISTING_SCHEMA.names}
-            cols["skip_reason"] = pa.array(reasons, pa.string())
-            cols["shard"] = pa.array(shards, pa.int32())
+            cols["skip_reason"] = arrow.array(reasons, pa.string())
+            cols["shard"] = arrow.array(shards, pa.int32())
             arrays = [cols[name] for name in PLAN_SCHEMA.names]
             writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=PLAN_SCHEMA))
     pa.default_memory_pool().release_unused()

@@ -14,9 +14,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mountproc import _arrow as arrow
 from mountproc._listing.dirscan import open_dir
 from mountproc._listing.listing import LISTING_SCHEMA, ListingStats, OnSick, Patterns, display_path
 from mountproc._listing.sharding import RoundRobin
@@ -36,7 +36,7 @@ def write_test_listing(
         if folders.full():
             break
     rows = list(_stat_all(root, folders.pick(), on_sick))
-    table = pa.table(
+    table = arrow.table(
         {
             "path": [display_path(rel) for rel, _ in rows],
             "path_raw": [os.fsencode(rel) for rel, _ in rows],
@@ -45,7 +45,7 @@ def write_test_listing(
             "mtime_ns": [st.st_mtime_ns for _, st in rows],
             "skip_reason": [None] * len(rows),
         },
-        schema=LISTING_SCHEMA,
+        LISTING_SCHEMA,
     )
     pq.write_table(table, out)
     total = sum(st.st_size for _, st in rows)

@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mountproc import _arrow as arrow
 from mountproc._records import NOT_PROCESSED, Status
 from mountproc._shard.failures import general
 
@@ -18,8 +20,9 @@ SHOWN_GROUPS = 10
 def failure_groups(manifest: Path, limit: int = SHOWN_GROUPS) -> list[dict[str, Any]]:
     """The commonest reasons files failed in ``manifest``: ``{"error", "files", "example"}``."""
     groups: dict[str, list[Any]] = {}
+    failed_status = arrow.scalar(Status.FAILED.value, pa.string())
     for batch in pq.ParquetFile(manifest).iter_batches(columns=["path", "status", "error"]):
-        failed = batch.filter(pc.equal(batch.column("status"), Status.FAILED.value))
+        failed = batch.filter(pc.equal(batch.column("status"), failed_status))
         paths, errors = failed.column("path").to_pylist(), failed.column("error").to_pylist()
         for path, error in zip(paths, errors, strict=True):
             if error == NOT_PROCESSED:  # the run stopped first: no failure of the file's

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mountproc import _arrow as arrow
 from mountproc._errors import UsageError
 from mountproc._listing.listing import LISTING_SCHEMA
 from mountproc._mounts.table import show
@@ -131,9 +132,9 @@ def select(
     """Write ``out``, the listing with carried files marked as such, and ``carried``, their base
     rows in listing order; return what the comparison found."""
     new = pq.read_table(listing)
-    new = new.append_column("row", pa.array(range(new.num_rows), pa.int64()))
+    new = new.append_column("row", arrow.counting(new.num_rows))
     base = pq.read_table(previous.manifest)
-    base = base.append_column("base_row", pa.array(range(base.num_rows), pa.int64()))
+    base = base.append_column("base_row", arrow.counting(base.num_rows))
     listed = base.filter(pc.not_equal(base["status"], Status.EXCLUDED.value))
     eligible = new.filter(pc.is_null(new["skip_reason"]))
     pairs = _pair(eligible, listed).sort_by("row")
@@ -143,7 +144,7 @@ def select(
         pc.invert(pc.is_in(listed["path_raw"], value_set=pairs.filter(matched)["path_raw"]))
     )
     replaced = _tars(pairs.filter(pc.and_(matched, pc.invert(same)))) | _tars(gone)
-    in_replaced = pc.is_in(pairs["tar"], value_set=pa.array(sorted(replaced), pa.string()))
+    in_replaced = pc.is_in(pairs["tar"], value_set=arrow.array(sorted(replaced), pa.string()))
     failed = pc.equal(pairs["status"], Status.FAILED.value)
     again = pc.and_(same, pc.or_kleene(pc.fill_null(in_replaced, False), _retry(failed, how)))
     carry = pc.and_(same, pc.invert(again))
@@ -187,7 +188,7 @@ def _unchanged(pairs: pa.Table, how: Selection) -> pa.Array:
     todo = [raw for raw, ok in zip(raws, mask, strict=True) if ok]
     log.info("comparing %d file(s) with the base version by content (sha256)", len(todo))
     digests = dict(zip(todo, _hash_all(how.source, todo), strict=True))
-    now = pa.array([digests.get(raw) for raw in raws], pa.string())
+    now = arrow.array([digests.get(raw) for raw in raws], pa.string())
     return pc.fill_null(pc.equal(now, pairs["base_sha256"]), False)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mountproc import _arrow as arrow
 from mountproc._listing.sharding import PLAN_SCHEMA
 from mountproc._outputs.layout import results_path
 from mountproc._outputs.metadata import ShardRecord
@@ -92,7 +93,7 @@ def write_manifest(
                 for i in range(batch.num_rows)
             ]  # fmt: skip
             table = {name: [row[name] for row in rows] for name in MANIFEST_SCHEMA.names}
-            writer.write_batch(pa.RecordBatch.from_pydict(table, schema=MANIFEST_SCHEMA))
+            writer.write_batch(arrow.batch(table, MANIFEST_SCHEMA))
     reader.finish()
     if next(base, None) is not None:
         raise RuntimeError("the base version has more carried rows than the plan")
@@ -176,6 +177,6 @@ class _ShardResults:
         path = results_path(self.directory, shard)
         if not path.exists():
             return False, iter(())
-        cols = pq.read_table(path).to_pydict()
+        cols = pq.ParquetFile(path).read().to_pydict()
         names = ("path_raw", "status", "error", "members", "changed", "traceback", "sha256")
         return True, zip(*(cols[n] for n in names), strict=True)

@@ -13,6 +13,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mountproc import _arrow as arrow
 from mountproc._jsonfile import write_json
 from mountproc._records import FileResult, ShardResult
 
@@ -71,7 +72,7 @@ class DatasetTarget:
 
 def write_results(path: Path, results: Sequence[FileResult]) -> None:
     """Write one shard's per-file results."""
-    table = pa.table(
+    table = arrow.table(
         {
             "path_raw": [os.fsencode(r.path) for r in results],
             "status": [r.status.value for r in results],
@@ -81,7 +82,7 @@ def write_results(path: Path, results: Sequence[FileResult]) -> None:
             "traceback": [_utf8(r.traceback) for r in results],
             "sha256": [r.sha256 for r in results],
         },
-        schema=RESULTS_SCHEMA,
+        RESULTS_SCHEMA,
     )
     pq.write_table(table, path)
 

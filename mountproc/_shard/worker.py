@@ -33,7 +33,6 @@ from mountproc._errors import (
 )
 from mountproc._job import Context, Job, Skip, SourceFile
 from mountproc._jobfile import load_job
-from mountproc._listing.listing import display_path
 from mountproc._mounts.table import (
     DISK_FULL_ERRNOS,
     errno_text,
@@ -50,6 +49,7 @@ from mountproc._records import (
     ShardSpec,
     Status,
     StopRules,
+    display_path,
 )
 from mountproc._shard import failures, sample
 from mountproc._shard.download import IN_FLIGHT, download

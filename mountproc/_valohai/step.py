@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import annotated_types
-import yaml
 from pydantic import ByteSize
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
@@ -91,6 +90,8 @@ def valohai_config(job: Job, opts: StepOptions) -> list[dict[str, Any]]:
 
 def render(config: list[dict[str, Any]]) -> str:
     """The config as YAML text."""
+    import yaml  # here: every command's start-up would pay for it
+
     return yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=100)
 
 

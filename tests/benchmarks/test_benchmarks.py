@@ -23,6 +23,8 @@ MINE = {
     "end to end, local disk": "every file processed",
     "framework overhead, local disk": "same samples",
     SSHFS: "same samples",
+    "against dask.bag, local disk": "same samples",
+    "start-up, one camera JPEG": "same samples",
     "packing, small files": "same members",
     "packing, large files": "same members",
 }
