@@ -84,15 +84,14 @@ def finish(
     summary: dict[str, Any],
     target: metadata.DatasetTarget | None,
     version: Callable[[Sequence[metadata.ShardRecord]], Version],
-    carried: Path | None = None,
-    settings: RunSettings | None = None,
+    carried: Path | None,
+    settings: RunSettings,
     datums: Mapping[str, str] | None = None,
 ) -> None:
     """Publish the manifest (of the whole ``version``: an increment's carries its base's
     rows), the summary, the wids index of the version's tars and the Valohai metadata (dataset
     entries only for a ``target``; the settings' tags on every file, its alias on the
     manifest) of this run's files."""
-    s = settings or RunSettings()
     records = sorted(records, key=lambda r: r.index)
     manifest = paths.root / paths.manifest
     whole = version(records)
@@ -111,8 +110,8 @@ def finish(
         records,
         [paths.manifest, paths.summary, paths.index],
         target,
-        [*s.tags, *([TEST_MODE_TAG] if paths.test_mode else [])],
+        [*settings.tags, *([TEST_MODE_TAG] if paths.test_mode else [])],
         {"mountproc.job": paths.job, "source": summary["source"]},
-        {paths.manifest: s.alias} if s.alias and not paths.test_mode else {},
+        {paths.manifest: settings.alias} if settings.alias and not paths.test_mode else {},
     )
     metadata_file.update(paths.outputs, paths.root, paths.owns, lines)
