@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from distributed import Client
 
 from mountproc._cluster.checks import check_versions
 from mountproc._cluster.client import CLOSE_TIMEOUT_S, NO_PROFILER, PROFILER_ENV, quiet
+from mountproc._cluster.stream import Poller
 from mountproc._errors import ClusterError, SettingsError
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ def _cancel(cluster: Any, kind: str) -> None:
     log.info("cancelled %d %s worker job(s)", len([j for j in jobs if j]), kind)
 
 
-class Replacer:
+class Replacer(Poller):
     """Replaces a worker job whose workers all left (cancelled, out of walltime, a failed node)
     with a new job. distributed drops a lost worker's job only when the job runs one worker
     process, and then does not submit another until the cluster is scaled again."""
@@ -157,29 +157,20 @@ class Replacer:
     POLL_S = 2.0
 
     def __init__(self, cluster: Any) -> None:
+        super().__init__("mountproc-jobs")
         self._cluster = cluster
         # longer than distributed's own wait, which would otherwise cancel the replacement
         lost = dask.config.get("distributed.deploy.lost-worker-timeout")
         self._grace_s = float(parse_timedelta(lost)) + 2 * self.POLL_S
         self._seen: dict[str, float] = {}  # job name -> when one of its workers was last seen
         self._ids: dict[str, str] = {}  # job name -> the batch system's job id
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mountproc-jobs", daemon=True)
 
-    def __enter__(self) -> Replacer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.POLL_S):
-            try:
-                self._cluster.sync(self._replace_lost)
-            except Exception as exc:  # the cluster is closing, or a submission failed
-                log.debug("could not replace lost worker jobs: %s", exc)
+    def tick(self) -> bool:
+        try:
+            self._cluster.sync(self._replace_lost)
+        except Exception as exc:  # the cluster is closing, or a submission failed
+            log.debug("could not replace lost worker jobs: %s", exc)
+        return False
 
     async def _replace_lost(self) -> None:
         """On the cluster's event loop: forget jobs lost for longer than the grace, submit

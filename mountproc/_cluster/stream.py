@@ -118,26 +118,47 @@ def worker_count(client: Client) -> int:
     return len(client.scheduler_info(n_workers=-1).get("workers", {}))
 
 
-class WorkerWatch:
-    """Notices a cluster left without any worker (killed, evicted, scaled to zero): tasks would
-    wait for one forever. After ``grace_s`` without a worker it calls ``on_lost`` and
-    ``check()`` raises ``WorkersLostError``."""
+P = TypeVar("P", bound="Poller")
+
+
+class Poller:
+    """A daemon thread that calls ``tick()`` every ``POLL_S`` seconds while its ``with`` block
+    runs (joined at its end); a ``tick`` that returns True ends it early."""
 
     POLL_S = 1.0
 
-    def __init__(self, client: Client, grace_s: float, on_lost: Callable[[], None]) -> None:
-        self._client, self._grace_s, self._on_lost = client, grace_s, on_lost
+    def __init__(self, name: str) -> None:
         self._stop = threading.Event()
-        self._error: WorkersLostError | None = None
-        self._thread = threading.Thread(target=self._run, name="mountproc-workers", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
-    def __enter__(self) -> WorkerWatch:
+    def __enter__(self: P) -> P:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def tick(self) -> bool:
+        """One round of the thread's work; True when it is done for good."""
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.POLL_S):
+            if self.tick():
+                return
+
+
+class WorkerWatch(Poller):
+    """Notices a cluster left without any worker (killed, evicted, scaled to zero): tasks would
+    wait for one forever. After ``grace_s`` without a worker it calls ``on_lost`` and
+    ``check()`` raises ``WorkersLostError``."""
+
+    def __init__(self, client: Client, grace_s: float, on_lost: Callable[[], None]) -> None:
+        super().__init__("mountproc-workers")
+        self._client, self._grace_s, self._on_lost = client, grace_s, on_lost
+        self._error: WorkersLostError | None = None
+        self._since: float | None = None  # when the cluster was last seen with no worker
 
     def check(self) -> None:
         """Raise ``WorkersLostError`` once the cluster has been without workers too long."""
@@ -147,23 +168,22 @@ class WorkerWatch:
     def _address(self) -> str:
         return str(getattr(self._client.scheduler, "address", None) or "the scheduler")
 
-    def _run(self) -> None:
-        since: float | None = None
-        while not self._stop.wait(self.POLL_S):
-            try:
-                alive = worker_count(self._client) > 0
-            except Exception:  # the scheduler itself is unreachable: distributed reports that
-                continue
-            now = time.monotonic()
-            since = None if alive else (since or now)
-            if since is not None and now - since >= self._grace_s:
-                self._error = WorkersLostError(
-                    f"every Dask worker left the cluster at {self._address()} and "
-                    f"none joined again within {self._grace_s:g} s (--worker-wait): start workers "
-                    "(e.g. mountproc worker ADDRESS), then run the same command again to resume"
-                )
-                self._on_lost()
-                return
+    def tick(self) -> bool:
+        try:
+            alive = worker_count(self._client) > 0
+        except Exception:  # the scheduler itself is unreachable: distributed reports that
+            return False
+        now = time.monotonic()
+        self._since = None if alive else (self._since or now)
+        if self._since is None or now - self._since < self._grace_s:
+            return False
+        self._error = WorkersLostError(
+            f"every Dask worker left the cluster at {self._address()} and "
+            f"none joined again within {self._grace_s:g} s (--worker-wait): start workers "
+            "(e.g. mountproc worker ADDRESS), then run the same command again to resume"
+        )
+        self._on_lost()
+        return True
 
 
 def thread_count(client: Client) -> int:
