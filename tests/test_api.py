@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from distributed import Client, LocalCluster
-from helpers import tar_digests
+from helpers import slow_job, tar_digests
 from helpers.pinned import JOB, PINNED, make_tree
 from helpers.pinned_job import job as in_python  # a Job made in Python: pickled by value
 
@@ -98,18 +98,7 @@ def test_a_wrong_setting_is_an_error_before_any_work(tmp_path: Path, tree: Path)
     assert not (tmp_path / "scratch").exists()
 
 
-SLOW_JOB = """\
-import time
-from mountproc import Job
-
-job = Job(name="slow")
-
-
-@job.transform
-def transform(src, ctx):
-    time.sleep(0.15)
-    return {"txt": src.read_bytes()}
-"""
+SLOW_JOB = slow_job(0.15)
 
 
 @pytest.mark.cluster

@@ -10,21 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, read_manifest
+from helpers import clean_env, read_manifest, slow_job
 
 pytestmark = pytest.mark.cluster
 
-SLOW_JOB = """
-import time
-from mountproc import Job
-
-job = Job(name="slow", include=["*.txt"])
-
-@job.transform
-def slow(src, ctx):
-    time.sleep(0.3)
-    return {"txt": src.read_bytes()}
-"""
+SLOW_JOB = slow_job(0.3, include=("*.txt",))
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import RESIZE_JOB, clean_env, read_manifest, run_cli, tar_digests
+from helpers import RESIZE_JOB, clean_env, read_manifest, run_cli, slow_job, tar_digests
 from helpers.dask_procs import start, start_scheduler, stop, worker_cmd
 from helpers.netfs import descendants, wait_until
 from helpers.tlscerts import Pem, issue, make_ca, openssl_available
@@ -441,16 +441,7 @@ def test_crawl_on_the_workers_gives_the_manifest_of_a_serial_crawl(
         assert tar_digests(tmp_path / name) == tar_digests(tmp_path / "serial"), name
 
 
-SLOW_TEXT_JOB = """
-import time
-from mountproc import Job
-job = Job(name="slow-text")
-
-@job.transform
-def copy(src, ctx):
-    time.sleep(0.5)
-    return {"txt": src.read_bytes()}
-"""
+SLOW_TEXT_JOB = slow_job(0.5, name="slow-text")
 
 
 def test_a_cluster_left_without_workers_stops_the_run_with_one_line(tmp_path: Path) -> None:

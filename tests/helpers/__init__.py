@@ -24,6 +24,17 @@ NON_UTF8 = os.fsdecode(b"caf\xe9-scan.jpg")
 _LEAKY_ENV = ("MOUNTPROC_", "VH_", "DASK_", "TEST_MODE")
 
 
+def slow_job(seconds: float, name: str = "slow", include: tuple[str, ...] = ("*",)) -> str:
+    """A job file's text whose transform sleeps ``seconds``, then copies the file: a run long
+    enough to interrupt, lock or watch."""
+    return (
+        "import time\nfrom mountproc import Job\n\n"
+        f"job = Job(name={name!r}, include={list(include)!r})\n"
+        f"\n\n@job.transform\ndef transform(src, ctx):\n    time.sleep({seconds!r})\n"
+        '    return {"txt": src.read_bytes()}\n'
+    )
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The test process's environment without any mountproc, Valohai or Dask settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_ENV)}

@@ -12,23 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, run_cli
+from helpers import clean_env, run_cli, slow_job
 from helpers.netfs import wait_until
 
 pytestmark = pytest.mark.cluster
 
-SLOW_JOB = """\
-import time
-from mountproc import Job
-
-job = Job(name="slow")
-
-
-@job.transform
-def transform(src, ctx):
-    time.sleep(0.5)
-    return {"txt": src.read_bytes()}
-"""
+SLOW_JOB = slow_job(0.5)
 
 
 def _tree(root: Path) -> Path:
@@ -88,7 +77,7 @@ def test_a_second_run_exits_2_at_once_naming_the_holder(tmp_path: Path) -> None:
 def test_the_lock_is_never_inside_outputs(tmp_path: Path) -> None:
     _tree(tmp_path / "src")
     job = tmp_path / "slow.py"
-    job.write_text(SLOW_JOB.replace("time.sleep(0.5)", "pass"))
+    job.write_text(slow_job(0))
     proc = run_cli("run", job, "--source", tmp_path / "src", "--outputs", tmp_path / "out",
                    "--test-mode", "--workers", "1", cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
