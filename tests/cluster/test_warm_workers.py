@@ -14,7 +14,7 @@ import pytest
 import mountproc
 from mountproc._cluster import warm
 
-JOB = '''
+JOB = """
 import json, os, sys
 from mountproc import Context, Job, SourceFile
 
@@ -31,7 +31,7 @@ def whoami(src: SourceFile, ctx: Context[object]) -> dict[str, bytes]:
         "preloaded": "mountproc._shard.worker" in sys.modules,
     }
     return {"seen.json": json.dumps(seen).encode()}
-'''
+"""
 
 
 def _seen(outputs: Path) -> list[dict[str, object]]:
