@@ -20,11 +20,11 @@ from pathlib import Path
 
 import benchmarks
 from benchmarks import report
-from benchmarks.common import DASK_PROFILER_ENV, Comparison, Config
+from benchmarks.common import DASK_PROFILER_ENV, Comparison, Config, compile_checkout
 
 log = logging.getLogger("benchmarks")
 
-ORDER = ("listing", "memory", "testmode", "e2e", "pool", "peers", "packing")
+ORDER = ("startup", "listing", "memory", "testmode", "e2e", "pool", "peers", "packing")
 DEFAULT_WORK = Path("/tmp/mountproc-bench")
 
 
@@ -104,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     repeats = args.repeats or (2 if args.smoke else 3)
     cfg = Config(args.work, args.smoke, repeats, not args.no_sshfs, not args.warm, args.images)
     cfg.work.mkdir(parents=True, exist_ok=True)
+    compile_checkout()  # every side runs this checkout as an installed copy would
     comparisons, errors = run_all(cfg, args.only or available())
     data = report.build(comparisons, cfg, errors, note)
     sys.stdout.write(report.markdown(data))

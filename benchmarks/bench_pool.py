@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from benchmarks.common import (
     alternate,
     at_most,
     cache_note,
+    cached_dir,
     camera_jpegs,
     mountproc_run,
     recording_errors,
@@ -38,6 +40,8 @@ log = logging.getLogger(__name__)
 
 POOL_SCRIPT = BASELINES / "pool_resize.py"
 LOCAL_NAME, LOCAL_TARGET = "framework overhead, local disk", 1.08
+STEADY_NAME, STEADY_TARGET = "framework overhead, local disk, 10x the JPEGs", 1.03
+COPIES = 10
 SSHFS_NAME, SSHFS_TARGET = "framework overhead, sshfs on 127.0.0.1", 0.9
 BASELINE, OURS = "multiprocessing.Pool script", "mountproc run"
 
@@ -49,13 +53,29 @@ def run(cfg: Config) -> list[Comparison]:
     local, remote = comparison(LOCAL_NAME, LOCAL_TARGET), comparison(SSHFS_NAME, SSHFS_TARGET)
     with recording_errors(local):
         measure(cfg, local, data, data, "pool-local")
+    steady = comparison(STEADY_NAME, STEADY_TARGET)
+    with recording_errors(steady):
+        many = copies(cfg, data)
+        measure(cfg, steady, many, many, "pool-steady")
     remote.skipped = sshfs_unavailable(cfg) or ""
     if remote.skipped:
         log.warning("skipping %s: %s", remote.name, remote.skipped)
-        return [local, remote]
+        return [local, steady, remote]
     with recording_errors(remote), sshfs_mount(cfg, data, "pool") as mounted:
         measure(cfg, remote, mounted, data, "pool-sshfs")
-    return [local, remote]
+    return [local, steady, remote]
+
+
+def copies(cfg: Config, data: Path) -> Path:
+    """``COPIES`` copies of the camera JPEGs, one folder each (20,000 files from 2,000): the
+    steady state of a long run, where a fixed cost no longer counts and a per-shard one does."""
+    path = data.with_name(f"{data.name}-x{COPIES}")
+
+    def make(tmp: Path) -> None:
+        for i in range(COPIES):
+            shutil.copytree(data, tmp / f"copy-{i:02d}")
+
+    return cached_dir(path, make)
 
 
 def comparison(name: str, target: float) -> Comparison:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mountproc._cluster import warm
 from mountproc._errors import ClusterError, FailureBudgetExceeded
 from mountproc._job import Job
 from mountproc._jobfile import job_ref
@@ -49,6 +50,9 @@ def run(
     task = resolved.distributed
     if task is not None and not task.is_primary:
         return _serve_as_member(loaded, resolved)
+    s = resolved.settings
+    if client is None and not (s.scheduler or s.scheduler_file or s.cluster):
+        warm.warm_up()  # the embedded cluster's workers import while this process does
     from mountproc._runner import Run  # Dask is imported only for a run
 
     try:

@@ -80,9 +80,10 @@ def test_modules_and_functions_stay_short() -> None:
     assert (long_modules, long_functions) == ([], [])
 
 
-def _loaded_after(code: str, cwd: Path) -> set[str]:
-    """The top-level packages a fresh interpreter has loaded after running ``code``."""
-    probe = code + "\nimport sys; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+def _loaded_after(code: str, cwd: Path, modules: bool = False) -> set[str]:
+    """The top-level packages (or every module) a fresh interpreter has loaded after ``code``."""
+    names = "sys.modules" if modules else "{m.split('.')[0] for m in sys.modules}"
+    probe = code + f"\nimport sys; print(' '.join(sorted({names})))"
     proc = subprocess.run(
         [sys.executable, "-c", probe], cwd=cwd, env=clean_env(), capture_output=True, text=True
     )
@@ -136,3 +137,12 @@ def test_importing_the_package_or_the_cli_loads_no_dask(code: str, tmp_path: Pat
     """``mountproc --help`` and ``mountproc run --help`` answer in a quarter of a second: the
     CLI (its options made from the settings) loads no Dask, pandas or pyarrow."""
     assert not _loaded_after(code, tmp_path) & {*DASK, "pandas", "pyarrow"}
+
+
+def test_a_command_imports_only_its_own_module(tmp_path: Path) -> None:
+    """``mountproc run`` does not import what the other commands need (YAML, the Valohai step
+    and pipeline, the checks): each command's module is imported when it is asked for."""
+    loaded = _loaded_after(HELP.format(args=["run", "--help"]), tmp_path, modules=True)
+    assert "mountproc._cli.run" in loaded
+    others = {"mountproc._cli.yaml_step", "mountproc._cli.check", "mountproc._cli.verify"}
+    assert not loaded & {*others, "yaml", "mountproc._valohai.pipeline"}

@@ -29,7 +29,7 @@ def _flag(name: str) -> str:
 
 @pytest.mark.parametrize("command", ["run", "check", "plan"])
 def test_every_setting_is_an_option_with_its_description(command: str) -> None:
-    cmd = main.commands[command]
+    cmd = main.all_commands()[command]
     options = {p.name: p for p in cmd.params if isinstance(p, click.Option)}
     assert set(options) == {*FIELDS, "param_pairs"}
     for name, field in FIELDS.items():

@@ -3,6 +3,7 @@ modules beside this one."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -11,8 +12,41 @@ import click
 
 from mountproc import __version__
 
+COMMANDS = {
+    "check": "check",
+    "plan": "plan",
+    "report": "report",
+    "run": "run",
+    "sample-data": "sample_data",
+    "try": "try_files",
+    "verify": "verify",
+    "worker": "worker",
+    "yaml": "yaml_step",
+}
+"""Each command's module beside this one, which adds the command to ``main`` when imported."""
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group that imports a command's module only when that command is asked for: ``mountproc
+    run`` does not import what ``yaml``, ``check`` or ``verify`` need (click's recipe for
+    lazily loaded subcommands)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"mountproc._cli.{COMMANDS[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
+
+    def all_commands(self) -> dict[str, click.Command]:
+        """Every command, each module imported."""
+        for module in COMMANDS.values():
+            importlib.import_module(f"mountproc._cli.{module}")
+        return dict(self.commands)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mountproc")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")

@@ -15,6 +15,7 @@ from distributed import Client as Client  # the runner and the API name the type
 from distributed import LocalCluster
 from distributed.security import Security
 
+from mountproc._cluster import warm
 from mountproc._cluster.checks import check_versions
 from mountproc._cluster.members import wait_for_members
 from mountproc._errors import ClusterError
@@ -75,8 +76,37 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
             yield client
         return
     # for the cluster's whole life: a nanny restarting a worker reads this process's config
-    with dask.config.set(NO_PROFILER), quiet(), _local_cluster(opts) as client:
+    with dask.config.set({**NO_PROFILER, **_forked()}), quiet(), _local_cluster(opts) as client:
         yield client
+
+
+def _forked() -> dict[str, str]:
+    """Dask's config for workers forked from the warm fork server (``warm``), where there is
+    one and it started with the environment a nanny sets before it spawns a worker.
+
+    distributed preloads its fork server the first time it is used by importing, in this
+    process, every package it may send (numpy, pandas, lz4): a second or more of the driver's
+    time for modules the driver never uses. The server ``warm_up`` started has its preload
+    already, so distributed is told it is set; without that attribute (another distributed
+    version) it imports them as before, slower but the same."""
+    warm.warm_up()
+    pre_spawn = dask.config.get("distributed.nanny.pre-spawn-environ", {})
+    wanted = {k: os.environ.get(k, str(v)) for k, v in pre_spawn.items() if v is not None}
+    if not warm.started() or not warm.matches(wanted):
+        return {}
+    import distributed.utils
+
+    if hasattr(distributed.utils, "_forkserver_preload_set"):
+        distributed.utils._forkserver_preload_set = True
+    return {"distributed.worker.multiprocessing-method": warm.METHOD}
+
+
+def _environ_for_forked() -> dict[str, str] | None:
+    """What a forked worker must set to have this process's environment, as a spawned worker
+    inherits it (None when workers are spawned)."""
+    if dask.config.get("distributed.worker.multiprocessing-method") != warm.METHOD:
+        return None
+    return warm.changed_environ()
 
 
 QUIET_LOGGERS = (
@@ -108,7 +138,7 @@ def quiet() -> Iterator[None]:
 
 def _script_hint() -> str:
     """Why workers fail to start when a script calls ``mountproc.run`` at import time: each
-    worker process imports the script again (Python's spawn start method)."""
+    worker process imports the script again (Python's spawn and forkserver start methods)."""
     main = sys.modules.get("__main__")
     script = getattr(main, "__file__", None)
     if script is None or getattr(main, "__package__", None) == "mountproc":
@@ -136,6 +166,7 @@ def _local_cluster(opts: ClusterOptions) -> Iterator[Client]:
             silence_logs=logging.CRITICAL,  # mountproc reports task failures itself
             resources=opts.resources or None,
             memory_limit=opts.memory_limit or "auto",
+            env=_environ_for_forked(),
         )
     except Exception as exc:
         raise ClusterError(f"cannot start a local Dask cluster: {exc}{_script_hint()}") from exc

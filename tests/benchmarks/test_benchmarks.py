@@ -22,6 +22,7 @@ SSHFS = "framework overhead, sshfs on 127.0.0.1"
 MINE = {
     "end to end, local disk": "every file processed",
     "framework overhead, local disk": "same samples",
+    "framework overhead, local disk, 10x the JPEGs": "same samples",
     SSHFS: "same samples",
     "against dask.bag, local disk": "same samples",
     "start-up, one camera JPEG": "same samples",

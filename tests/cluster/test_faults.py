@@ -105,16 +105,22 @@ def _children(pid: int) -> list[int]:
 
 
 def _dask_workers(pid: int) -> list[int]:
-    """The local Dask worker processes of a ``mountproc run`` (spawned by multiprocessing)."""
+    """The local Dask worker processes of a ``mountproc run``: forked by multiprocessing's fork
+    server (a process with the server's command line whose parent is the server), or spawned."""
     out = []
     for child in _children(pid):
         try:
             cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
+            stat = Path(f"/proc/{child}/stat").read_text()
+            parent = Path(f"/proc/{stat.rsplit(')', 1)[1].split()[1]}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"spawn_main" in cmdline:
+        if b"spawn_main" in cmdline or (FORKSERVER in cmdline and FORKSERVER in parent):
             out.append(child)
     return out
+
+
+FORKSERVER = b"multiprocessing.forkserver"
 
 
 def test_a_worker_killed_mid_run_is_replaced_and_the_tars_are_identical(tmp_path: Path) -> None:

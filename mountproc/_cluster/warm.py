@@ -1,0 +1,90 @@
+"""Worker processes that start warm: forked from a server that has imported what a worker runs.
+
+An embedded cluster's worker started by Python's ``spawn`` is a new interpreter that imports
+``distributed`` and mountproc's worker code before it can take a shard: on two cores that is
+about half a second, after the driver has imported the same modules for itself. ``warm_up``
+starts multiprocessing's fork server at the beginning of a run, so those imports happen once,
+on another core, while the driver imports its own code and lists the tree; every worker of the
+embedded cluster (and every worker its nanny restarts) is then forked from it ready to run.
+
+A forked worker has the environment the server started with, not the driver's at the time
+the worker starts, as a spawned one would: so the server starts with the variables a nanny sets
+before it starts a worker (Dask's ``distributed.nanny.pre-spawn-environ``: one thread for BLAS,
+glibc returning freed memory), ``matches`` tells whether the config still asks for those, and
+``changed_environ`` is what the driver's environment has gained since, for the nanny to set.
+
+This module imports nothing heavy itself: it runs before Dask is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from multiprocessing import forkserver
+
+log = logging.getLogger(__name__)
+
+METHOD = "forkserver"
+PRELOAD = ("distributed", "mountproc._cluster.feed", "mountproc._shard.worker")
+"""What every worker imports before its first shard (never pyarrow or pandas: workers don't)."""
+
+PRE_SPAWN = {
+    "MALLOC_TRIM_THRESHOLD_": "65536",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+}
+"""distributed's default ``distributed.nanny.pre-spawn-environ`` (checked by ``matches``)."""
+
+_started = False
+_environ: dict[str, str] = {}
+
+
+def available() -> bool:
+    """Whether this platform has a fork server (Linux and macOS, not Windows)."""
+    return METHOD in multiprocessing.get_all_start_methods()
+
+
+def warm_up() -> None:
+    """Start the fork server now, importing ``PRELOAD``; returns at once (the server imports in
+    a process of its own). Once per process: later runs reuse the server."""
+    global _started
+    if _started or not available():
+        return
+    multiprocessing.get_context(METHOD).set_forkserver_preload(list(PRELOAD))
+    with _environment({**PRE_SPAWN, **os.environ}) as environ:
+        forkserver.ensure_running()
+    _environ.update(environ)
+    _started = True
+    log.debug("fork server for the embedded cluster's workers started")
+
+
+def started() -> bool:
+    """Whether ``warm_up`` started the fork server in this process."""
+    return _started
+
+
+def matches(pre_spawn: Mapping[str, str]) -> bool:
+    """Whether the server started with the variables a nanny would set before spawning a worker
+    (``pre_spawn``: the config's, as the nanny reads it)."""
+    return all(_environ.get(k) == v for k, v in pre_spawn.items())
+
+
+def changed_environ() -> dict[str, str]:
+    """The driver's variables that the server did not start with, or with another value."""
+    return {k: v for k, v in os.environ.items() if _environ.get(k) != v}
+
+
+@contextmanager
+def _environment(environ: dict[str, str]) -> Iterator[dict[str, str]]:
+    """``os.environ`` is ``environ`` inside (what a process started there inherits)."""
+    saved = dict(os.environ)
+    os.environ.update(environ)
+    try:
+        yield dict(os.environ)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)

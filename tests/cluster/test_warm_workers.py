@@ -1,0 +1,82 @@
+"""The embedded cluster's workers are forked from a warm fork server, yet see what a spawned
+worker would: the driver's environment at the time of the run and the nanny's pre-spawn
+variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+import mountproc
+from mountproc._cluster import warm
+
+JOB = """
+import json, os, sys
+from mountproc import Context, Job, SourceFile
+
+job = Job(name="whoami")
+
+
+@job.transform
+def whoami(src: SourceFile, ctx: Context[object]) -> dict[str, bytes]:
+    parent = open(f"/proc/{os.getppid()}/cmdline", "rb").read().replace(b"\\0", b" ")
+    seen = {
+        "parent": parent.decode(errors="replace"),
+        "late": os.environ.get("MOUNTPROC_TEST_SET_LATE"),
+        "omp": os.environ.get("OMP_NUM_THREADS"),
+        "preloaded": "mountproc._shard.worker" in sys.modules,
+    }
+    return {"seen.json": json.dumps(seen).encode()}
+"""
+
+
+def _seen(outputs: Path) -> list[dict[str, object]]:
+    seen = []
+    for tar in sorted(outputs.glob("whoami-*.tar")):
+        with tarfile.open(tar) as t:
+            for member in t.getmembers():
+                if member.name.endswith(".seen.json"):
+                    seen.append(json.loads(t.extractfile(member).read()))  # type: ignore[union-attr]
+    return seen
+
+
+@pytest.mark.cluster
+def test_workers_are_forked_warm_with_the_drivers_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert warm.available()
+    warm.warm_up()  # as `mountproc run` does before it imports Dask; the run reuses it
+    monkeypatch.setenv("MOUNTPROC_TEST_SET_LATE", "after the server started")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        (src / f"f{i}.txt").write_text(str(i))
+    job = tmp_path / "whoami.py"
+    job.write_text(JOB)
+    out = tmp_path / "out"
+    mountproc.run(str(job), source=src, outputs=out, scratch=tmp_path / "s", workers=2)
+    seen = _seen(out)
+    assert len(seen) == 4, seen
+    for record in seen:
+        assert "multiprocessing.forkserver" in str(record["parent"]), record
+        assert record["preloaded"] is True
+        assert record["late"] == "after the server started"
+        assert record["omp"] == "1"  # the nanny's pre-spawn variable, as for a spawned worker
+    assert os.environ.get("MOUNTPROC_TEST_SET_LATE") == "after the server started"
+
+
+def test_the_environment_a_forked_worker_lacks_is_named() -> None:
+    warm.warm_up()
+    os.environ["MOUNTPROC_TEST_CHANGED"] = "x"
+    try:
+        assert warm.changed_environ()["MOUNTPROC_TEST_CHANGED"] == "x"
+    finally:
+        del os.environ["MOUNTPROC_TEST_CHANGED"]
+    assert "MOUNTPROC_TEST_CHANGED" not in warm.changed_environ()
+    assert warm.matches(warm.PRE_SPAWN)
+    assert not warm.matches({"OMP_NUM_THREADS": "8"})
