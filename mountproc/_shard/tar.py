@@ -29,7 +29,6 @@ BATCH_BYTES = 1 << 20  # written with one writev, hashed as one job
 BATCH_PIECES = 1000  # below IOV_MAX (1024 on Linux)
 UNHASHED_MAX = 16 << 20  # bytes written but not hashed yet: beyond this, add waits
 _ZEROS = bytes(tarfile.RECORDSIZE + 2 * BLOCK)  # the longest run of NULs: the end
-_NAME, _SIZE, _CHKSUM = slice(0, 100), slice(124, 136), slice(148, 156)
 _SIZE_LIMIT = 8**11  # the ustar size field's; bigger sizes go to a PAX header
 
 
@@ -47,6 +46,8 @@ def _tobuf(name: str, size: int) -> bytes:
     return _info(name, size).tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
 
 
+# ustar fields: name [0, 100), mode uid gid [100, 124), size [124, 136), mtime [136, 148),
+# checksum [148, 156), type, link name, magic, ... [156, 512)
 _TEMPLATE = _tobuf("", 0)
 _HEAD, _MIDDLE, _TAIL = _TEMPLATE[100:124], _TEMPLATE[136:148], _TEMPLATE[156:BLOCK]
 _FIXED_SUM = sum(_HEAD) + sum(_MIDDLE) + sum(_TAIL) + 8 * ord(" ")  # the checksum's own: spaces
