@@ -97,7 +97,7 @@ class _Digests:
             self._wait_one()
 
     def stop(self) -> None:
-        """End the thread; what was fed but not hashed yet is dropped."""
+        """End the thread; what was fed but not hashed yet is not hashed."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -147,6 +147,7 @@ class TarBuilder:
         self._flush()
         os.fsync(self._fd)
         self._digests.wait()
+        self._digests.stop()  # its thread ends now, not when the builder is collected
         os.close(self._fd)
         self._fd = -1
         os.replace(self.partial, self.path)

@@ -7,6 +7,8 @@ import io
 import os
 import random
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +222,19 @@ def test_tars_of_many_batches_are_tarfiles_own(tmp_path: Path) -> None:
 def _member_bytes(name: str, data: bytes) -> bytes:
     """One member as ``tarfile`` writes it: header, data, padding to a block."""
     return _reference_tar([(name, data)])[: 512 + len(data) + -len(data) % 512]
+
+
+def test_the_hashing_thread_ends_with_the_tar(tmp_path: Path) -> None:
+    """Closing or aborting a builder leaves no thread of its own behind."""
+    before = {t.ident for t in threading.enumerate()}
+    kept = []  # still referenced: their threads must end all the same
+    for i in range(3):
+        with TarBuilder(tmp_path / f"{i}.tar") as tar:
+            kept.append(tar)
+            tar.add("a.bin", os.urandom(BATCH_BYTES + 1))
+            if i == 2:
+                tar.abort()
+                break
+            tar.close()
+    time.sleep(0.2)  # an aborted builder's thread finishes the buffer it was hashing
+    assert {t.ident for t in threading.enumerate()} <= before
