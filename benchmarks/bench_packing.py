@@ -7,6 +7,8 @@ durable: ``TarBuilder.close()`` fsyncs and renames, and after GNU tar exits the 
 its tar inside the timing. The page cache is warm for both (a warm-up run of each first): this
 measures the tar writer, not the disk. Ours runs in this process (a worker is long-lived), GNU
 tar as a subprocess (its start, ~1 ms, is counted). Both tars must hold the same members.
+The note gives the CPU time of each side too (ours: all threads of this process, GNU tar: its
+process and this one's fsync): on a busy machine the wall-clock ratio follows that of CPU time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import dataclasses
 import logging
 import os
 import random
+import resource
+import statistics
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -84,14 +88,41 @@ def measure(cfg: Config, cmp: Comparison, root: Path, case: str) -> None:
     gnu, ours = gnu_side(root, names, gnu_tar), ours_side(root, names, ours_tar)
     gnu(0)(), ours(0)()  # warm-up: the page cache holds the files for both
     log.info("%s: %d repeats", cmp.name, cfg.repeats)
-    alternate(cfg, cmp, gnu, ours)  # no inputs to evict: warm
+    cpu: tuple[list[float], list[float]] = ([], [])
+    alternate(cfg, cmp, cpu_timed(gnu, cpu[0]), cpu_timed(ours, cpu[1]))  # warm: no evicting
     equal, text = same_samples(tar_members([gnu_tar]), tar_members([ours_tar]))
     cmp.checks["same members"] = equal
     cmp.note = (
         f"{len(names)} files of {min(sizes) / 1000:.0f}-{max(sizes) / 1000:.0f} KB, "
         f"{sum(sizes) / 1e6:.0f} MB; {text}; warm page cache, both read the files and fsync "
-        "the tar"
+        f"the tar; CPU time, medians: GNU tar {statistics.median(cpu[0]) * 1e3:.1f} ms, ours "
+        f"{statistics.median(cpu[1]) * 1e3:.1f} ms"
     )
+
+
+def cpu_timed(side: Side, seconds: list[float]) -> Side:
+    """``side``, appending the CPU time of each run to ``seconds``."""
+
+    def prepare(i: int) -> Callable[[], object]:
+        run = side(i)
+
+        def timed_run() -> None:
+            before = cpu_time()
+            run()
+            seconds.append(cpu_time() - before)
+
+        return timed_run
+
+    return prepare
+
+
+def cpu_time() -> float:
+    """CPU seconds so far of this process (all its threads) and its waited-for children."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def cheap(cfg: Config) -> Config:

@@ -19,6 +19,7 @@ from benchmarks import report
 from benchmarks.common import Comparison, Config, at_most, run_quiet, same_samples
 
 SSHFS = "framework overhead, sshfs on 127.0.0.1"
+RAY = "against Ray Data, local disk"  # a smoke run installs no Ray: skipped
 MINE = {
     "end to end, local disk": "every file processed",
     "framework overhead, local disk": "same samples",
@@ -39,11 +40,14 @@ def test_smoke_run_measures_every_comparison(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr[-4000:]
     data = json.loads((tmp_path / "report.json").read_text())
     rows = {r["name"]: r for r in data["comparisons"]}
-    assert set(MINE) <= set(rows), sorted(rows)
+    assert {*MINE, RAY} <= set(rows), sorted(rows)
     assert data["errors"] == {}
     for name, row in rows.items():
         if name == SSHFS and sshfs_available() is not None:
             assert row["skipped"], "sshfs is not available here: the row says why"
+            continue
+        if name == RAY:
+            assert row["skipped"].startswith("smoke run"), row
             continue
         assert not row["skipped"], name
         assert not row["error"], (name, row["error"])

@@ -5,13 +5,18 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mountproc._shard.sample import member_key
-from mountproc._shard.tar import TarBuilder
+from mountproc._shard.tar import BATCH_BYTES, UNHASHED_MAX, TarBuilder, header
 
 # The split WebDataset's ``base_plus_ext`` uses to cut a member name into key and suffix.
 MEMBERS = [
@@ -161,3 +166,75 @@ def test_the_tar_is_byte_identical_to_tarfiles_own(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "t.tar") as tf:
         got = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()]  # type: ignore[union-attr]
     assert got == members
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    name=st.one_of(
+        st.text(st.characters(max_codepoint=127), max_size=110),
+        st.text(max_size=60),
+        st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=95, max_size=105),
+    ),
+    size=st.one_of(st.integers(0, 1 << 40), st.integers(8**11 - 2, 8**11 + 2)),
+)
+def test_headers_are_tarfiles_own(name: str, size: int) -> None:
+    """The header template filled in (ASCII names up to 100 bytes) is byte for byte the header
+    ``tarfile`` makes, and any other name or size gets ``tarfile``'s (with its PAX header)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, 0, 0o444
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    assert header(name, size) == info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+def test_the_end_is_tarfiles_own_at_every_offset_in_a_record(tmp_path: Path) -> None:
+    """0 to 21 empty members (a header block each): the end of the archive (two zero blocks,
+    then zeros to a whole record of 20 blocks) falls at every offset inside a record."""
+    for count in range(22):
+        members = [(f"e{i}.txt", b"") for i in range(count)]
+        assert build(tmp_path / f"{count}.tar", members)[1] == len(_reference_tar(members))
+        assert (tmp_path / f"{count}.tar").read_bytes() == _reference_tar(members)
+
+
+def test_tars_of_many_batches_are_tarfiles_own(tmp_path: Path) -> None:
+    """Members across many writev batches and past the bound on bytes not hashed yet, and one
+    bigger than a batch: the same bytes, size and digests as ``tarfile`` and ``hashlib``; the
+    md5 asked for midway is that of the members added so far."""
+    rng = random.Random(7)
+    members = [(f"k/{i:04d}.bin", rng.randbytes(rng.randint(0, 60_000))) for i in range(700)]
+    members.insert(350, ("big.bin", rng.randbytes(BATCH_BYTES + 3)))
+    path = tmp_path / "t.tar"
+    with TarBuilder(path) as tar:
+        for name, data in members[:400]:
+            tar.add(name, data)
+        added = b"".join(_member_bytes(name, data) for name, data in members[:400])
+        assert tar.md5 == hashlib.md5(added).hexdigest()
+        for name, data in members[400:]:
+            tar.add(name, data)
+        sha, size = tar.close()
+    reference = _reference_tar(members)
+    assert size > UNHASHED_MAX
+    assert path.read_bytes() == reference
+    assert (sha, size) == (hashlib.sha256(reference).hexdigest(), len(reference))
+    assert tar.md5 == hashlib.md5(reference).hexdigest()
+
+
+def _member_bytes(name: str, data: bytes) -> bytes:
+    """One member as ``tarfile`` writes it: header, data, padding to a block."""
+    return _reference_tar([(name, data)])[: 512 + len(data) + -len(data) % 512]
+
+
+def test_the_hashing_thread_ends_with_the_tar(tmp_path: Path) -> None:
+    """Closing or aborting a builder leaves no thread of its own behind."""
+    before = {t.ident for t in threading.enumerate()}
+    kept = []  # still referenced: their threads must end all the same
+    for i in range(3):
+        with TarBuilder(tmp_path / f"{i}.tar") as tar:
+            kept.append(tar)
+            tar.add("a.bin", os.urandom(BATCH_BYTES + 1))
+            if i == 2:
+                tar.abort()
+                break
+            tar.close()
+    time.sleep(0.2)  # an aborted builder's thread finishes the buffer it was hashing
+    assert {t.ident for t in threading.enumerate()} <= before
