@@ -126,6 +126,7 @@ def _end_to_end(cfg: Config, data: Path, e2e: Comparison, hidden: Comparison) ->
     for i in range(cfg.repeats):
         for side in sides[i % 3 :] + sides[: i % 3]:
             side.seconds.append(_time_once(cfg, data, side, runs / side.name))
+            log.info("%s, run %d: %.2f s", side.name, i + 1, side.seconds[-1])
     e2e.baseline_s, e2e.ours_s = sides[0].seconds, sides[1].seconds
     hidden.baseline_s, hidden.ours_s = sides[2].seconds, sides[1].seconds
     pool = tar_members((runs / "pool").glob("*.tar"))
