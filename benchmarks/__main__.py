@@ -24,7 +24,7 @@ from benchmarks.common import DASK_PROFILER_ENV, Comparison, Config, compile_che
 
 log = logging.getLogger("benchmarks")
 
-ORDER = ("startup", "listing", "memory", "testmode", "e2e", "pool", "peers", "packing")
+ORDER = ("startup", "listing", "memory", "testmode", "e2e", "pool", "latency", "peers", "packing")
 DEFAULT_WORK = Path("/tmp/mountproc-bench")
 
 

@@ -1,15 +1,18 @@
-"""Reads source files one ahead of the transform, hashing them as they are read (no Dask import).
+"""Reads source files ahead of the transform, hashing them as they are read (no Dask import).
 
-On a network file system a read costs round trips; reading the next file in a thread while the
-transform decodes the current one overlaps the two. What was read is handed to the transform
-(``SourceFile.open()`` serves it from memory) and hashed for the sample's record, so every byte
-crosses the network once.
+On a network file system a read costs round trips: opening a file, its attributes and each
+window of its bytes wait for the server. Reading the next files in threads while the transform
+decodes the current one overlaps the two, and several reads in flight overlap their round trips
+with each other (the worker chooses how many by the mount's kind). What was read is handed to
+the transform (``SourceFile.open()`` serves it from memory) and hashed for the sample's record,
+so every byte crosses the network once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,7 +62,8 @@ def _stream_hash(f: Any) -> str:
 
 
 class ReadAhead(Generic[T]):
-    """Reads ``items`` in order on ``threads`` threads, at most ``ahead`` before the consumer."""
+    """Reads ``items`` in order on ``threads`` threads, at most ``ahead`` before the consumer and,
+    given their ``sizes``, at most ``budget`` bytes ahead (always at least the next one)."""
 
     def __init__(
         self,
@@ -67,20 +71,33 @@ class ReadAhead(Generic[T]):
         read: Callable[[T], SourceRead],
         ahead: int = 1,
         threads: int = 1,
+        sizes: Sequence[int] | None = None,
+        budget: int = 0,
     ) -> None:
         self._items = items
         self._read = read
         self._ahead = ahead
+        self._sizes = sizes
+        self._budget = budget
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="mountproc-read")
 
     def __iter__(self) -> Iterator[Future[SourceRead]]:
         """One future per item, in order; a read's error is raised by its future's ``result``."""
-        pending: list[Future[SourceRead]] = []
-        for item in self._items:
-            pending.append(self._pool.submit(self._read, item))
-            if len(pending) > self._ahead:
-                yield pending.pop(0)
-        yield from pending
+        pending: deque[tuple[Future[SourceRead], int]] = deque()
+        held = 0  # bytes read or being read that the consumer has not taken yet
+        for i, item in enumerate(self._items):
+            size = self._sizes[i] if self._sizes is not None else 0
+            pending.append((self._pool.submit(self._read, item), size))
+            held += size
+            while len(pending) > self._ahead or (len(pending) > 1 and self._over(held)):
+                future, size = pending.popleft()
+                held -= size
+                yield future
+        for future, _size in pending:
+            yield future
+
+    def _over(self, held: int) -> bool:
+        return self._budget > 0 and held > self._budget
 
     def close(self) -> None:
         """Stop reading ahead (a read in flight finishes; its result is dropped)."""

@@ -35,6 +35,8 @@ from mountproc._job import Context, Job, Skip, SourceFile
 from mountproc._jobfile import load_job
 from mountproc._mounts.table import (
     DISK_FULL_ERRNOS,
+    MountKind,
+    classify,
     errno_text,
     find_oserror,
     probe_alive,
@@ -75,6 +77,13 @@ _RETRYING = Retrying(
 call would leave a ``threading.local`` in a reference cycle per file, and on CPython 3.11 the
 garbage collector freeing one inside Dask's profiler (``sys._current_frames``) deadlocks the
 worker process (CPython gh-106883): a run hung that way twice in the benchmarks."""
+
+MOUNT_AHEAD = 8
+MOUNT_THREADS = 4
+MOUNT_AHEAD_BYTES = 64 * 1024 * 1024
+"""On a network or FUSE mount, reads run on ``MOUNT_THREADS`` threads, up to ``MOUNT_AHEAD``
+files and ``MOUNT_AHEAD_BYTES`` ahead of the transform: their round trips overlap each other
+and the decoding. On a local disk one file is read ahead, on one thread."""
 
 _STATE: dict[tuple[str, str], Any] = {}
 _STATE_LOCK = threading.Lock()
@@ -196,12 +205,23 @@ class _GiveUp(Exception):
 
 
 def _reads(spec: ShardSpec, wanted: list[int], tmp_dir: Path) -> ReadAhead[Any]:
-    """The shard's files read ahead: from the source, or downloaded a few at a time."""
+    """The shard's files read ahead: from the source (several at a time on a network or FUSE
+    mount, where each read waits for round trips), or downloaded a few at a time."""
     remote = spec.remote
     if remote is None:
         root = Path(spec.source_root)
-        return ReadAhead([root / spec.entries[i].path for i in wanted], _read)
+        paths = [root / spec.entries[i].path for i in wanted]
+        sizes = [spec.entries[i].size for i in wanted]
+        if _source_kind(spec) == "local":
+            return ReadAhead(paths, _read)
+        return ReadAhead(paths, _read, MOUNT_AHEAD, MOUNT_THREADS, sizes, MOUNT_AHEAD_BYTES)
     return ReadAhead(wanted, partial(_download, remote, spec, tmp_dir), IN_FLIGHT, IN_FLIGHT)
+
+
+def _source_kind(spec: ShardSpec) -> MountKind:
+    """How the source is reached, as the driver's mount check classified its file system (the
+    worker's own view was checked to be the same); "local" when the spec carries no check."""
+    return "local" if spec.check is None else classify(spec.check.view.fstype)
 
 
 def _download(remote: RemoteFiles, spec: ShardSpec, tmp_dir: Path, pos: int) -> SourceRead:

@@ -14,6 +14,9 @@ Import it as ``from helpers.netfs import SshfsMount, sshfs_available`` (pytest p
   off) and the kernel caches attributes and names (``attr_timeout=0``, ``entry_timeout=0``).
   Only with ``dir_cache=no`` and ``attr_timeout=0`` does every ``stat`` and ``listdir`` reach
   the server. Opening a file always reaches sshfs.
+* Latency: ``extra_options=["ProxyCommand=python benchmarks/relay.py --delay-ms 0.5 %h %p"]``
+  makes ssh reach sshd through a relay that holds every byte 0.5 ms each way (the relay is a
+  child of sshfs's ssh client, stopped with it). An option's value must hold no comma.
 """
 
 from __future__ import annotations
@@ -533,7 +536,8 @@ class SshfsMount:
             seen.extend(p for p in found if p not in seen)
 
     def _ssh_clients(self) -> list[Proc]:
-        """The ssh clients of sshfs: it double-forks them, so they are not its descendants."""
+        """The ssh clients of sshfs (it double-forks them, so they are not its descendants),
+        and their children: a ``ProxyCommand`` such as ``benchmarks/relay.py``."""
         wanted = {f"-oIdentityFile={self.client_key}".encode(), f"-oport={self.port}".encode()}
         found = []
         for pid in _all_processes():
@@ -544,5 +548,5 @@ class SshfsMount:
                 continue
             proc = Proc.of(pid)
             if wanted <= args and proc is not None:
-                found.append(proc)
+                found += [proc, *descendants(pid)]
         return found
