@@ -5,11 +5,18 @@ of ``Rows`` (no object of its own); any other entry goes the general way (``entr
 symlink, FIFO, socket or device is a skipped row (never followed, never opened), an excluded
 directory a skipped row, a directory to descend into a ``Subdir``, and an error of a sick mount
 (ENOTCONN, ESTALE...) comes just before the unreadable row it caused.
+
+The serial crawl of a healthy directory takes a quicker way to the same items, as ``find`` does:
+names read at once (``read_names``), each ``lstat``'ed relative to the open directory
+(``stat_names``: no walk of the full path per file), and classified by mode in bulk
+(``classify_stats``); a slice where any ``lstat`` fails goes the general way instead.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import itertools
+import operator
 import os
 import re
 import stat
@@ -23,7 +30,10 @@ from mountproc._records import Kind
 
 _FILE = Kind.FILE.value
 JUNK_REASON = "OS metadata, a default exclude (Job(default_excludes=False) keeps it)"
+UNSELECTED = "not selected by include/exclude patterns"
 _by_name = attrgetter("name")
+_mode, _size, _mtime = attrgetter("st_mode"), attrgetter("st_size"), attrgetter("st_mtime_ns")
+PATH_MAX = os.pathconf("/", "PC_PATH_MAX")
 
 
 @dataclass(frozen=True)
@@ -45,12 +55,13 @@ class Patterns:
     def __init__(
         self, include: Iterable[str], exclude: Iterable[str], junk: Iterable[str] = ()
     ) -> None:
-        include = list(include)
-        self._include = _compile(include)
+        include, exclude, junk = list(include), list(exclude), list(junk)
+        self._include = None if "*" in include else _compile(include)  # "*" matches every name
         self._exclude = _compile([*exclude, *junk])
         self._junk = _compile(junk)
-        self.selects_all = self._exclude is None and (not include or "*" in include)
+        self.selects_all = self._exclude is None and self._include is None
         """Every file is included (no pattern needs matching)."""
+        self._by_name = not any("/" in p for p in (*include, *exclude, *junk))
 
     def excluded(self, relpath: str) -> bool:
         """True when an exclude pattern (or a junk one) matches."""
@@ -65,6 +76,18 @@ class Patterns:
         if self.excluded(relpath):
             return False
         return self._include is None or _matches(self._include, relpath)
+
+    def rejected(self, prefix: str, names: Sequence[str]) -> set[str]:
+        """Those of ``names`` (of files in the directory ``prefix``) that ``included`` rejects;
+        when no pattern has a ``/``, found by name, in bulk."""
+        if self.selects_all:
+            return set()
+        if not self._by_name:
+            return {name for name in names if not self.included(prefix + name)}
+        out = set() if self._exclude is None else set(filter(self._exclude[0].match, names))
+        if self._include is not None:
+            out.update(itertools.filterfalse(self._include[0].match, names))
+        return out
 
 
 def _compile(patterns: Iterable[str]) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
@@ -210,10 +233,7 @@ def entry_items(entry: Entry, rel: str, patterns: Patterns) -> Sequence[Listed |
     except OSError as exc:
         return unreadable(exc, rel, "cannot stat")
     if is_dir:
-        if patterns.excluded(rel):
-            why = JUNK_REASON if patterns.junk(rel) else "directory excluded by pattern"
-            return [Listed(rel, Kind.DIRECTORY, skip_reason=why)]
-        return [Subdir(entry.path, rel)]
+        return [_directory(entry.path, rel, patterns)]
     try:
         return [_classify(entry, rel, patterns)]
     except OSError as exc:  # d_type unknown and the stat failed (e.g. a stale NFS handle)
@@ -227,25 +247,43 @@ def unreadable(exc: OSError, rel: str, what: str) -> list[Listed | OSError]:
     return [exc, row] if exc.errno in SICK_ERRNOS else [row]
 
 
-def _classify(entry: Entry, rel: str, patterns: Patterns) -> Listed:
-    is_link, is_file = entry.is_symlink(), entry.is_file(follow_symlinks=False)
-    if is_link:
-        return Listed(rel, Kind.SYMLINK, skip_reason="symlink (never followed)")
-    if is_file:
-        if not patterns.included(rel):
-            why = JUNK_REASON if patterns.junk(rel) else "not selected by include/exclude patterns"
-            return Listed(rel, Kind.FILE, skip_reason=why)
-        st = entry.stat(follow_symlinks=False)
-        return Listed(rel, Kind.FILE, st.st_size, st.st_mtime_ns)
-    kind = _special_kind(entry)
+def _directory(path: str, rel: str, patterns: Patterns) -> Listed | Subdir:
+    if patterns.excluded(rel):
+        why = JUNK_REASON if patterns.junk(rel) else "directory excluded by pattern"
+        return Listed(rel, Kind.DIRECTORY, skip_reason=why)
+    return Subdir(path, rel)
+
+
+def _unselected(rel: str, patterns: Patterns) -> Listed:
+    return Listed(rel, Kind.FILE, skip_reason=JUNK_REASON if patterns.junk(rel) else UNSELECTED)
+
+
+def _symlink(rel: str) -> Listed:
+    return Listed(rel, Kind.SYMLINK, skip_reason="symlink (never followed)")
+
+
+def _special(rel: str, kind: Kind) -> Listed:
     return Listed(rel, kind, skip_reason=f"not a regular file ({kind.value})")
 
 
-def _special_kind(entry: Entry) -> Kind:
+def _classify(entry: Entry, rel: str, patterns: Patterns) -> Listed:
+    is_link, is_file = entry.is_symlink(), entry.is_file(follow_symlinks=False)
+    if is_link:
+        return _symlink(rel)
+    if is_file:
+        if not patterns.included(rel):
+            return _unselected(rel, patterns)
+        st = entry.stat(follow_symlinks=False)
+        return Listed(rel, Kind.FILE, st.st_size, st.st_mtime_ns)
     try:
         mode = entry.stat(follow_symlinks=False).st_mode
     except OSError:
-        return Kind.UNREADABLE
+        return _special(rel, Kind.UNREADABLE)
+    return _special(rel, kind_of(mode))
+
+
+def kind_of(mode: int) -> Kind:
+    """The kind of entry that isn't a regular file, a directory or a symlink, from its mode."""
     if stat.S_ISFIFO(mode):
         return Kind.FIFO
     if stat.S_ISSOCK(mode):
@@ -253,3 +291,81 @@ def _special_kind(entry: Entry) -> Kind:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return Kind.DEVICE
     return Kind.OTHER
+
+
+# --- the serial crawl's quick way: names, lstat relative to the directory, classes by mode ------
+
+
+def read_names(path: str) -> list[str] | OSError:
+    """A directory's entry names, sorted, or why it cannot be listed (as ``open_dir`` fails)."""
+    try:
+        names = os.listdir(path)
+    except OSError as exc:
+        return exc
+    names.sort()
+    return names
+
+
+def stat_names(path: str, names: list[str]) -> list[os.stat_result] | None:
+    """The ``lstat`` of each of ``names`` in the directory ``path``, or None if any failed.
+
+    Each name is looked up in the open directory (``fstatat``, as ``find`` does), not along its
+    full path; None too where a full path could be too long (``ENAMETOOLONG``), so that the
+    general way, by full paths, finds what fails and how."""
+    longest = max(map(len, names), default=0) * 4  # UTF-8 takes up to 4 bytes a character
+    if len(os.fsencode(path)) + 1 + longest >= PATH_MAX:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        lstat = os.lstat
+        return [lstat(name, dir_fd=fd) for name in names]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def classify_stats(
+    path: str, names: list[str], stats: list[os.stat_result], prefix: str, patterns: Patterns
+) -> list[ScanItem]:
+    """The items of entries whose ``lstat`` is known: what ``scan`` makes of them. Runs of
+    selected regular files become rows a column at a time; only the other entries one by one."""
+    rejected = patterns.rejected(prefix, names)
+    files = [fmt == stat.S_IFREG for fmt in map(stat.S_IFMT, map(_mode, stats))]
+    if rejected:
+        files = [f and name not in rejected for f, name in zip(files, names, strict=True)]
+    items: list[ScanItem] = []
+    rows, start = Rows(), 0
+    base = os.path.join(path, "")
+    for i in itertools.compress(range(len(names)), map(operator.not_, files)):
+        rows.extend(_file_rows(names[start:i], stats[start:i], prefix))
+        rel, start = prefix + names[i], i + 1
+        rows = _add_items([_other(base + names[i], rel, stats[i].st_mode, patterns)], rows, items)
+    rows.extend(_file_rows(names[start:], stats[start:], prefix))
+    return [*items, rows] if rows.paths else items
+
+
+def _other(path: str, rel: str, mode: int, patterns: Patterns) -> Listed | Subdir:
+    """The row (or the subdirectory) of an entry that is not a selected regular file."""
+    if stat.S_ISDIR(mode):
+        return _directory(path, rel, patterns)
+    if stat.S_ISLNK(mode):
+        return _symlink(rel)
+    if stat.S_ISREG(mode):
+        return _unselected(rel, patterns)
+    return _special(rel, kind_of(mode))
+
+
+def _file_rows(names: list[str], stats: list[os.stat_result], prefix: str) -> Rows:
+    """The rows of selected regular files, built a column at a time."""
+    count = len(names)
+    return Rows(
+        list(map(prefix.__add__, names)),
+        [_FILE] * count,
+        list(map(_size, stats)),
+        list(map(_mtime, stats)),
+        [None] * count,
+    )

@@ -11,6 +11,7 @@ directory's entries are classified in chunks, and the rows come in the serial or
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -32,9 +33,12 @@ from mountproc._listing.dirscan import (
     Rows,
     ScanItem,
     Subdir,
+    classify_stats,
     open_dir,
     pack,
+    read_names,
     scan,
+    stat_names,
     unreadable,
 )
 from mountproc._records import display_path
@@ -127,17 +131,45 @@ def _blocks(
 
 def _serial(root: Path, patterns: Patterns) -> Generator[Rows | OSError, None, None]:
     """The serial crawl: each directory is listed when its turn comes (the crawl is lazy)."""
-    stack = [iter(_list_dir(str(root), "", patterns))]
+    stack = [_serial_dir(str(root), "", patterns)]
     while stack:
         item = next(stack[-1], None)
         if item is None:
             stack.pop()
         elif isinstance(item, Subdir):
-            stack.append(iter(_list_dir(item.path, item.rel, patterns)))
-        elif isinstance(item, _Chunk):  # never: the serial crawl does not split directories
-            raise AssertionError(f"a chunk of {item.path} in a serial crawl")
+            stack.append(_serial_dir(item.path, item.rel, patterns))
         else:
             yield item
+
+
+def _serial_dir(path: str, rel: str, patterns: Patterns) -> Iterator[ScanItem]:
+    """The serial crawl's items of a directory, ``SLICE`` names at a time, each slice
+    ``lstat``'ed relative to the directory and classified by mode; from the first slice where an
+    ``lstat`` fails, the rest of the directory the general way, from ``DirEntry`` objects."""
+    names = read_names(path)
+    if isinstance(names, OSError):
+        yield from pack(unreadable(names, rel or ".", "cannot list directory"))
+        return
+    prefix = rel + "/" if rel else ""
+    names.reverse()  # to let go of the names a slice at a time from the end, in order
+    while names:
+        piece = names[: -SLICE - 1 : -1]
+        del names[-SLICE:]
+        stats = stat_names(path, piece)
+        if stats is None:
+            yield from _general_from(path, rel, piece[0], patterns)
+            return
+        yield from classify_stats(path, piece, stats, prefix, patterns)
+
+
+def _general_from(path: str, rel: str, first: str, patterns: Patterns) -> Iterator[ScanItem]:
+    """The items of the directory's entries from the name ``first`` on, the general way."""
+    entries = open_dir(path)
+    if isinstance(entries, OSError):
+        yield from pack(unreadable(entries, rel or ".", "cannot list directory"))
+        return
+    start = bisect.bisect_left([entry.name for entry in entries], first)
+    yield from _scan_slices(entries[start:], rel + "/" if rel else "", patterns)
 
 
 @dataclass(frozen=True)
@@ -152,17 +184,12 @@ class _Chunk:
 _Item = ScanItem | _Chunk
 
 
-def _list_dir(
-    path: str, rel: str, patterns: Patterns, split: int | None = None, chunk: int = 0
-) -> Iterable[_Item]:
-    """One directory's items in order; above ``split`` entries, chunks still to classify;
-    without ``split`` (the serial crawl), lazily."""
+def _list_dir(path: str, rel: str, patterns: Patterns, split: int, chunk: int) -> Iterable[_Item]:
+    """Task: one directory's items in order; above ``split`` entries, chunks still to classify."""
     entries = open_dir(path)
     if isinstance(entries, OSError):
         return pack(unreadable(entries, rel or ".", "cannot list directory"))
     prefix = rel + "/" if rel else ""
-    if split is None:
-        return _scan_slices(entries, prefix, patterns)
     if len(entries) <= split:
         return scan(entries, prefix, patterns)
     facts = [_facts(e) for e in entries]
@@ -172,7 +199,7 @@ def _list_dir(
 def _scan_slices(
     entries: list[os.DirEntry[str]], prefix: str, patterns: Patterns
 ) -> Iterator[ScanItem]:
-    """The serial crawl's items of a directory, ``SLICE`` entries at a time, letting go of each
+    """The general way's items of a directory, ``SLICE`` entries at a time, letting go of each
     ``DirEntry`` (and the stat result it caches) once classified: a flat directory of a million
     files holds a million entries, not a million stat results and rows besides."""
     entries.reverse()
