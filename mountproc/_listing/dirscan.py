@@ -6,17 +6,15 @@ symlink, FIFO, socket or device is a skipped row (never followed, never opened),
 directory a skipped row, a directory to descend into a ``Subdir``, and an error of a sick mount
 (ENOTCONN, ESTALE...) comes just before the unreadable row it caused.
 
-The serial crawl of a healthy directory takes a quicker way to the same items, as ``find`` does:
-names read at once (``read_names``), each ``lstat``'ed relative to the open directory
-(``stat_names``: no walk of the full path per file), and classified by mode in bulk
-(``classify_stats``); a slice where any ``lstat`` fails goes the general way instead.
+The serial crawl of a healthy directory takes a quicker way to the same items: names read at once,
+each ``lstat``'ed relative to the open directory (``listing``), and classified by mode in bulk
+(``classify_stats``).
 """
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
-import itertools
-import operator
 import os
 import re
 import stat
@@ -33,7 +31,6 @@ JUNK_REASON = "OS metadata, a default exclude (Job(default_excludes=False) keeps
 UNSELECTED = "not selected by include/exclude patterns"
 _by_name = attrgetter("name")
 _mode, _size, _mtime = attrgetter("st_mode"), attrgetter("st_size"), attrgetter("st_mtime_ns")
-PATH_MAX = os.pathconf("/", "PC_PATH_MAX")
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,8 @@ class Patterns:
         self._junk = _compile(junk)
         self.selects_all = self._exclude is None and self._include is None
         """Every file is included (no pattern needs matching)."""
-        self._by_name = not any("/" in p for p in (*include, *exclude, *junk))
+        by_name = not any("/" in p for p in (*include, *exclude, *junk))
+        self._names = (_Globs([*exclude, *junk]), _Globs(include)) if by_name else None
 
     def excluded(self, relpath: str) -> bool:
         """True when an exclude pattern (or a junk one) matches."""
@@ -77,17 +75,56 @@ class Patterns:
             return False
         return self._include is None or _matches(self._include, relpath)
 
-    def rejected(self, prefix: str, names: Sequence[str]) -> set[str]:
-        """Those of ``names`` (of files in the directory ``prefix``) that ``included`` rejects;
-        when no pattern has a ``/``, found by name, in bulk."""
+    def rejected(self, prefix: str, names: list[str]) -> set[str]:
+        """Those of ``names`` (sorted, of files in the directory ``prefix``) that ``included``
+        rejects; when no pattern has a ``/``, found by name, in bulk."""
         if self.selects_all:
             return set()
-        if not self._by_name:
+        if self._names is None:
             return {name for name in names if not self.included(prefix + name)}
-        out = set() if self._exclude is None else set(filter(self._exclude[0].match, names))
+        exclude, include = self._names
+        out = set(exclude.matching(names))
         if self._include is not None:
-            out.update(itertools.filterfalse(self._include[0].match, names))
+            out.update(set(names).difference(include.matching(names)))
         return out
+
+
+class _Globs:
+    """Name globs matched against a sorted directory's names in bulk. A name is tried only if its
+    first character can begin a match: names share first characters in runs, found by bisection,
+    so a directory of ``f*`` files meets the default excludes without one match."""
+
+    def __init__(self, globs: list[str]) -> None:
+        self._regex = re.compile("|".join(map(fnmatch.translate, globs)) or "(?!)", re.I | re.S)
+        firsts = [glob[0] for glob in globs if glob[:1] not in ("", "*", "?", "[")]
+        self._firsts = None  # some glob may begin with any character
+        if len(firsts) == len(globs):
+            self._firsts = re.compile("|".join(map(re.escape, firsts)), re.I)
+        self._may_begin: dict[str, bool] = {}
+
+    def matching(self, names: list[str]) -> list[str]:
+        """Those of ``names`` (sorted) that a glob matches, in order."""
+        if self._firsts is None:
+            return list(filter(self._regex.match, names))
+        found: list[str] = []
+        start, end = 0, len(names)
+        while start < end:
+            first = names[start][0]
+            stop = bisect.bisect_left(names, chr(ord(first) + 1), start) if first < _LAST else end
+            if self._begins(first):
+                found.extend(filter(self._regex.match, names[start:stop]))
+            start = stop
+        return found
+
+    def _begins(self, first: str) -> bool:
+        known = self._may_begin.get(first)
+        if known is None:
+            assert self._firsts is not None
+            known = self._may_begin[first] = self._firsts.fullmatch(first) is not None
+        return known
+
+
+_LAST = chr(0x10FFFF)
 
 
 def _compile(patterns: Iterable[str]) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
@@ -293,39 +330,7 @@ def kind_of(mode: int) -> Kind:
     return Kind.OTHER
 
 
-# --- the serial crawl's quick way: names, lstat relative to the directory, classes by mode ------
-
-
-def read_names(path: str) -> list[str] | OSError:
-    """A directory's entry names, sorted, or why it cannot be listed (as ``open_dir`` fails)."""
-    try:
-        names = os.listdir(path)
-    except OSError as exc:
-        return exc
-    names.sort()
-    return names
-
-
-def stat_names(path: str, names: list[str]) -> list[os.stat_result] | None:
-    """The ``lstat`` of each of ``names`` in the directory ``path``, or None if any failed.
-
-    Each name is looked up in the open directory (``fstatat``, as ``find`` does), not along its
-    full path; None too where a full path could be too long (``ENAMETOOLONG``), so that the
-    general way, by full paths, finds what fails and how."""
-    longest = max(map(len, names), default=0) * 4  # UTF-8 takes up to 4 bytes a character
-    if len(os.fsencode(path)) + 1 + longest >= PATH_MAX:
-        return None
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        lstat = os.lstat
-        return [lstat(name, dir_fd=fd) for name in names]
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
+# --- the serial crawl's quick way: entries classified by the mode of their lstat -----------------
 
 
 def classify_stats(
@@ -334,13 +339,14 @@ def classify_stats(
     """The items of entries whose ``lstat`` is known: what ``scan`` makes of them. Runs of
     selected regular files become rows a column at a time; only the other entries one by one."""
     rejected = patterns.rejected(prefix, names)
-    files = [fmt == stat.S_IFREG for fmt in map(stat.S_IFMT, map(_mode, stats))]
-    if rejected:
-        files = [f and name not in rejected for f, name in zip(files, names, strict=True)]
+    formats = list(map(stat.S_IFMT, map(_mode, stats)))
+    if not rejected and formats.count(stat.S_IFREG) == len(formats):  # the usual leaf directory
+        return [_file_rows(names, stats, prefix)] if names else []
+    others = [i for i, fmt in enumerate(formats) if fmt != stat.S_IFREG or names[i] in rejected]
     items: list[ScanItem] = []
     rows, start = Rows(), 0
     base = os.path.join(path, "")
-    for i in itertools.compress(range(len(names)), map(operator.not_, files)):
+    for i in others:
         rows.extend(_file_rows(names[start:i], stats[start:i], prefix))
         rel, start = prefix + names[i], i + 1
         rows = _add_items([_other(base + names[i], rel, stats[i].st_mode, patterns)], rows, items)

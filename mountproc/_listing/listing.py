@@ -5,6 +5,9 @@ non-regular files are never opened: they become ``skipped`` rows with the reason
 
 One step lists one directory into its items (``_dirscan``): runs of rows kept as columns, the
 errors of a sick mount, and the subdirectories that the serial crawl descends into in turn.
+Serially (a local disk), as ``find`` does: a directory's names read at once, each ``lstat``'ed
+relative to the open directory, classified by mode; a slice of names where an ``lstat`` fails
+goes the general way, from ``os.DirEntry`` objects, which the parallel crawl always takes.
 Given an executor, the crawl fans out (``_crawl.ordered_walk``): each step is a task, a large
 directory's entries are classified in chunks, and the rows come in the serial order.
 """
@@ -36,9 +39,7 @@ from mountproc._listing.dirscan import (
     classify_stats,
     open_dir,
     pack,
-    read_names,
     scan,
-    stat_names,
     unreadable,
 )
 from mountproc._records import display_path
@@ -66,6 +67,7 @@ WINDOW = 64
 """Tasks in flight at most in a parallel crawl."""
 SLICE = 5_000
 """Entries of a directory the serial crawl classifies at a time."""
+PATH_MAX = os.pathconf("/", "PC_PATH_MAX")
 
 DICTIONARY = ["kind", "skip_reason"]
 """The columns worth a dictionary: a handful of values each. For paths and numbers, unique or
@@ -164,6 +166,38 @@ def _serial_dir(path: str, rel: str, patterns: Patterns) -> Iterator[ScanItem]:
             yield from _general_from(path, rel, piece[0], patterns)
             return
         yield from classify_stats(path, piece, stats, prefix, patterns)
+
+
+def read_names(path: str) -> list[str] | OSError:
+    """A directory's entry names, sorted, or why it cannot be listed (as ``open_dir`` fails)."""
+    try:
+        names = os.listdir(path)
+    except OSError as exc:
+        return exc
+    names.sort()
+    return names
+
+
+def stat_names(path: str, names: list[str]) -> list[os.stat_result] | None:
+    """The ``lstat`` of each of ``names`` in the directory ``path``, or None if any failed.
+
+    Each name is looked up in the open directory (``fstatat``, as ``find`` does), not along its
+    full path; None too where a full path could be too long (``ENAMETOOLONG``), so that the
+    general way, by full paths, finds what fails and how."""
+    longest = max(map(len, names), default=0) * 4  # UTF-8 takes up to 4 bytes a character
+    if len(os.fsencode(path)) + 1 + longest >= PATH_MAX:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        lstat = os.lstat
+        return [lstat(name, dir_fd=fd) for name in names]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _general_from(path: str, rel: str, first: str, patterns: Patterns) -> Iterator[ScanItem]:
