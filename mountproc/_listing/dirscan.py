@@ -5,10 +5,15 @@ of ``Rows`` (no object of its own); any other entry goes the general way (``entr
 symlink, FIFO, socket or device is a skipped row (never followed, never opened), an excluded
 directory a skipped row, a directory to descend into a ``Subdir``, and an error of a sick mount
 (ENOTCONN, ESTALE...) comes just before the unreadable row it caused.
+
+The serial crawl of a healthy directory takes a quicker way to the same items: names read at once,
+each ``lstat``'ed relative to the open directory (``listing``), and classified by mode in bulk
+(``classify_stats``).
 """
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import os
 import re
@@ -23,7 +28,9 @@ from mountproc._records import Kind
 
 _FILE = Kind.FILE.value
 JUNK_REASON = "OS metadata, a default exclude (Job(default_excludes=False) keeps it)"
+UNSELECTED = "not selected by include/exclude patterns"
 _by_name = attrgetter("name")
+_mode, _size, _mtime = attrgetter("st_mode"), attrgetter("st_size"), attrgetter("st_mtime_ns")
 
 
 @dataclass(frozen=True)
@@ -45,12 +52,14 @@ class Patterns:
     def __init__(
         self, include: Iterable[str], exclude: Iterable[str], junk: Iterable[str] = ()
     ) -> None:
-        include = list(include)
-        self._include = _compile(include)
+        include, exclude, junk = list(include), list(exclude), list(junk)
+        self._include = None if "*" in include else _compile(include)  # "*" matches every name
         self._exclude = _compile([*exclude, *junk])
         self._junk = _compile(junk)
-        self.selects_all = self._exclude is None and (not include or "*" in include)
+        self.selects_all = self._exclude is None and self._include is None
         """Every file is included (no pattern needs matching)."""
+        by_name = not any("/" in p for p in (*include, *exclude, *junk))
+        self._names = (_Globs([*exclude, *junk]), _Globs(include)) if by_name else None
 
     def excluded(self, relpath: str) -> bool:
         """True when an exclude pattern (or a junk one) matches."""
@@ -65,6 +74,57 @@ class Patterns:
         if self.excluded(relpath):
             return False
         return self._include is None or _matches(self._include, relpath)
+
+    def rejected(self, prefix: str, names: list[str]) -> set[str]:
+        """Those of ``names`` (sorted, of files in the directory ``prefix``) that ``included``
+        rejects; when no pattern has a ``/``, found by name, in bulk."""
+        if self.selects_all:
+            return set()
+        if self._names is None:
+            return {name for name in names if not self.included(prefix + name)}
+        exclude, include = self._names
+        out = set(exclude.matching(names))
+        if self._include is not None:
+            out.update(set(names).difference(include.matching(names)))
+        return out
+
+
+class _Globs:
+    """Name globs matched against a sorted directory's names in bulk. A name is tried only if its
+    first character can begin a match: names share first characters in runs, found by bisection,
+    so a directory of ``f*`` files meets the default excludes without one match."""
+
+    def __init__(self, globs: list[str]) -> None:
+        self._regex = re.compile("|".join(map(fnmatch.translate, globs)) or "(?!)", re.I | re.S)
+        firsts = [glob[0] for glob in globs if glob[:1] not in ("", "*", "?", "[")]
+        self._firsts = None  # some glob may begin with any character
+        if len(firsts) == len(globs):
+            self._firsts = re.compile("|".join(map(re.escape, firsts)), re.I)
+        self._may_begin: dict[str, bool] = {}
+
+    def matching(self, names: list[str]) -> list[str]:
+        """Those of ``names`` (sorted) that a glob matches, in order."""
+        if self._firsts is None:
+            return list(filter(self._regex.match, names))
+        found: list[str] = []
+        start, end = 0, len(names)
+        while start < end:
+            first = names[start][0]
+            stop = bisect.bisect_left(names, chr(ord(first) + 1), start) if first < _LAST else end
+            if self._begins(first):
+                found.extend(filter(self._regex.match, names[start:stop]))
+            start = stop
+        return found
+
+    def _begins(self, first: str) -> bool:
+        known = self._may_begin.get(first)
+        if known is None:
+            assert self._firsts is not None
+            known = self._may_begin[first] = self._firsts.fullmatch(first) is not None
+        return known
+
+
+_LAST = chr(0x10FFFF)
 
 
 def _compile(patterns: Iterable[str]) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
@@ -210,10 +270,7 @@ def entry_items(entry: Entry, rel: str, patterns: Patterns) -> Sequence[Listed |
     except OSError as exc:
         return unreadable(exc, rel, "cannot stat")
     if is_dir:
-        if patterns.excluded(rel):
-            why = JUNK_REASON if patterns.junk(rel) else "directory excluded by pattern"
-            return [Listed(rel, Kind.DIRECTORY, skip_reason=why)]
-        return [Subdir(entry.path, rel)]
+        return [_directory(entry.path, rel, patterns)]
     try:
         return [_classify(entry, rel, patterns)]
     except OSError as exc:  # d_type unknown and the stat failed (e.g. a stale NFS handle)
@@ -227,25 +284,43 @@ def unreadable(exc: OSError, rel: str, what: str) -> list[Listed | OSError]:
     return [exc, row] if exc.errno in SICK_ERRNOS else [row]
 
 
-def _classify(entry: Entry, rel: str, patterns: Patterns) -> Listed:
-    is_link, is_file = entry.is_symlink(), entry.is_file(follow_symlinks=False)
-    if is_link:
-        return Listed(rel, Kind.SYMLINK, skip_reason="symlink (never followed)")
-    if is_file:
-        if not patterns.included(rel):
-            why = JUNK_REASON if patterns.junk(rel) else "not selected by include/exclude patterns"
-            return Listed(rel, Kind.FILE, skip_reason=why)
-        st = entry.stat(follow_symlinks=False)
-        return Listed(rel, Kind.FILE, st.st_size, st.st_mtime_ns)
-    kind = _special_kind(entry)
+def _directory(path: str, rel: str, patterns: Patterns) -> Listed | Subdir:
+    if patterns.excluded(rel):
+        why = JUNK_REASON if patterns.junk(rel) else "directory excluded by pattern"
+        return Listed(rel, Kind.DIRECTORY, skip_reason=why)
+    return Subdir(path, rel)
+
+
+def _unselected(rel: str, patterns: Patterns) -> Listed:
+    return Listed(rel, Kind.FILE, skip_reason=JUNK_REASON if patterns.junk(rel) else UNSELECTED)
+
+
+def _symlink(rel: str) -> Listed:
+    return Listed(rel, Kind.SYMLINK, skip_reason="symlink (never followed)")
+
+
+def _special(rel: str, kind: Kind) -> Listed:
     return Listed(rel, kind, skip_reason=f"not a regular file ({kind.value})")
 
 
-def _special_kind(entry: Entry) -> Kind:
+def _classify(entry: Entry, rel: str, patterns: Patterns) -> Listed:
+    is_link, is_file = entry.is_symlink(), entry.is_file(follow_symlinks=False)
+    if is_link:
+        return _symlink(rel)
+    if is_file:
+        if not patterns.included(rel):
+            return _unselected(rel, patterns)
+        st = entry.stat(follow_symlinks=False)
+        return Listed(rel, Kind.FILE, st.st_size, st.st_mtime_ns)
     try:
         mode = entry.stat(follow_symlinks=False).st_mode
     except OSError:
-        return Kind.UNREADABLE
+        return _special(rel, Kind.UNREADABLE)
+    return _special(rel, kind_of(mode))
+
+
+def kind_of(mode: int) -> Kind:
+    """The kind of entry that isn't a regular file, a directory or a symlink, from its mode."""
     if stat.S_ISFIFO(mode):
         return Kind.FIFO
     if stat.S_ISSOCK(mode):
@@ -253,3 +328,50 @@ def _special_kind(entry: Entry) -> Kind:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return Kind.DEVICE
     return Kind.OTHER
+
+
+# --- the serial crawl's quick way: entries classified by the mode of their lstat -----------------
+
+
+def classify_stats(
+    path: str, names: list[str], stats: list[os.stat_result], prefix: str, patterns: Patterns
+) -> list[ScanItem]:
+    """The items of entries whose ``lstat`` is known: what ``scan`` makes of them. Runs of
+    selected regular files become rows a column at a time; only the other entries one by one."""
+    rejected = patterns.rejected(prefix, names)
+    formats = list(map(stat.S_IFMT, map(_mode, stats)))
+    if not rejected and formats.count(stat.S_IFREG) == len(formats):  # the usual leaf directory
+        return [_file_rows(names, stats, prefix)] if names else []
+    others = [i for i, fmt in enumerate(formats) if fmt != stat.S_IFREG or names[i] in rejected]
+    items: list[ScanItem] = []
+    rows, start = Rows(), 0
+    base = os.path.join(path, "")
+    for i in others:
+        rows.extend(_file_rows(names[start:i], stats[start:i], prefix))
+        rel, start = prefix + names[i], i + 1
+        rows = _add_items([_other(base + names[i], rel, stats[i].st_mode, patterns)], rows, items)
+    rows.extend(_file_rows(names[start:], stats[start:], prefix))
+    return [*items, rows] if rows.paths else items
+
+
+def _other(path: str, rel: str, mode: int, patterns: Patterns) -> Listed | Subdir:
+    """The row (or the subdirectory) of an entry that is not a selected regular file."""
+    if stat.S_ISDIR(mode):
+        return _directory(path, rel, patterns)
+    if stat.S_ISLNK(mode):
+        return _symlink(rel)
+    if stat.S_ISREG(mode):
+        return _unselected(rel, patterns)
+    return _special(rel, kind_of(mode))
+
+
+def _file_rows(names: list[str], stats: list[os.stat_result], prefix: str) -> Rows:
+    """The rows of selected regular files, built a column at a time."""
+    count = len(names)
+    return Rows(
+        list(map(prefix.__add__, names)),
+        [_FILE] * count,
+        list(map(_size, stats)),
+        list(map(_mtime, stats)),
+        [None] * count,
+    )

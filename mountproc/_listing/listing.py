@@ -5,12 +5,16 @@ non-regular files are never opened: they become ``skipped`` rows with the reason
 
 One step lists one directory into its items (``_dirscan``): runs of rows kept as columns, the
 errors of a sick mount, and the subdirectories that the serial crawl descends into in turn.
+Serially (a local disk), as ``find`` does: a directory's names read at once, each ``lstat``'ed
+relative to the open directory, classified by mode; a slice of names where an ``lstat`` fails
+goes the general way, from ``os.DirEntry`` objects, which the parallel crawl always takes.
 Given an executor, the crawl fans out (``_crawl.ordered_walk``): each step is a task, a large
 directory's entries are classified in chunks, and the rows come in the serial order.
 """
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -32,6 +36,7 @@ from mountproc._listing.dirscan import (
     Rows,
     ScanItem,
     Subdir,
+    classify_stats,
     open_dir,
     pack,
     scan,
@@ -62,6 +67,11 @@ WINDOW = 64
 """Tasks in flight at most in a parallel crawl."""
 SLICE = 5_000
 """Entries of a directory the serial crawl classifies at a time."""
+PATH_MAX = os.pathconf("/", "PC_PATH_MAX")
+
+DICTIONARY = ["kind", "skip_reason"]
+"""The columns worth a dictionary: a handful of values each. For paths and numbers, unique or
+nearly, the writer would only build one to throw it away (half the writing time)."""
 
 LISTING_SCHEMA = pa.schema(
     [
@@ -127,17 +137,77 @@ def _blocks(
 
 def _serial(root: Path, patterns: Patterns) -> Generator[Rows | OSError, None, None]:
     """The serial crawl: each directory is listed when its turn comes (the crawl is lazy)."""
-    stack = [iter(_list_dir(str(root), "", patterns))]
+    stack = [_serial_dir(str(root), "", patterns)]
     while stack:
         item = next(stack[-1], None)
         if item is None:
             stack.pop()
         elif isinstance(item, Subdir):
-            stack.append(iter(_list_dir(item.path, item.rel, patterns)))
-        elif isinstance(item, _Chunk):  # never: the serial crawl does not split directories
-            raise AssertionError(f"a chunk of {item.path} in a serial crawl")
+            stack.append(_serial_dir(item.path, item.rel, patterns))
         else:
             yield item
+
+
+def _serial_dir(path: str, rel: str, patterns: Patterns) -> Iterator[ScanItem]:
+    """The serial crawl's items of a directory, ``SLICE`` names at a time, each slice
+    ``lstat``'ed relative to the directory and classified by mode; from the first slice where an
+    ``lstat`` fails, the rest of the directory the general way, from ``DirEntry`` objects."""
+    names = read_names(path)
+    if isinstance(names, OSError):
+        yield from pack(unreadable(names, rel or ".", "cannot list directory"))
+        return
+    prefix = rel + "/" if rel else ""
+    names.reverse()  # to let go of the names a slice at a time from the end, in order
+    while names:
+        piece = names[: -SLICE - 1 : -1]
+        del names[-SLICE:]
+        stats = stat_names(path, piece)
+        if stats is None:
+            yield from _general_from(path, rel, piece[0], patterns)
+            return
+        yield from classify_stats(path, piece, stats, prefix, patterns)
+
+
+def read_names(path: str) -> list[str] | OSError:
+    """A directory's entry names, sorted, or why it cannot be listed (as ``open_dir`` fails)."""
+    try:
+        names = os.listdir(path)
+    except OSError as exc:
+        return exc
+    names.sort()
+    return names
+
+
+def stat_names(path: str, names: list[str]) -> list[os.stat_result] | None:
+    """The ``lstat`` of each of ``names`` in the directory ``path``, or None if any failed.
+
+    Each name is looked up in the open directory (``fstatat``, as ``find`` does), not along its
+    full path; None too where a full path could be too long (``ENAMETOOLONG``), so that the
+    general way, by full paths, finds what fails and how."""
+    longest = max(map(len, names), default=0) * 4  # UTF-8 takes up to 4 bytes a character
+    if len(os.fsencode(path)) + 1 + longest >= PATH_MAX:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        lstat = os.lstat
+        return [lstat(name, dir_fd=fd) for name in names]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _general_from(path: str, rel: str, first: str, patterns: Patterns) -> Iterator[ScanItem]:
+    """The items of the directory's entries from the name ``first`` on, the general way."""
+    entries = open_dir(path)
+    if isinstance(entries, OSError):
+        yield from pack(unreadable(entries, rel or ".", "cannot list directory"))
+        return
+    start = bisect.bisect_left([entry.name for entry in entries], first)
+    yield from _scan_slices(entries[start:], rel + "/" if rel else "", patterns)
 
 
 @dataclass(frozen=True)
@@ -152,17 +222,12 @@ class _Chunk:
 _Item = ScanItem | _Chunk
 
 
-def _list_dir(
-    path: str, rel: str, patterns: Patterns, split: int | None = None, chunk: int = 0
-) -> Iterable[_Item]:
-    """One directory's items in order; above ``split`` entries, chunks still to classify;
-    without ``split`` (the serial crawl), lazily."""
+def _list_dir(path: str, rel: str, patterns: Patterns, split: int, chunk: int) -> Iterable[_Item]:
+    """Task: one directory's items in order; above ``split`` entries, chunks still to classify."""
     entries = open_dir(path)
     if isinstance(entries, OSError):
         return pack(unreadable(entries, rel or ".", "cannot list directory"))
     prefix = rel + "/" if rel else ""
-    if split is None:
-        return _scan_slices(entries, prefix, patterns)
     if len(entries) <= split:
         return scan(entries, prefix, patterns)
     facts = [_facts(e) for e in entries]
@@ -172,7 +237,7 @@ def _list_dir(
 def _scan_slices(
     entries: list[os.DirEntry[str]], prefix: str, patterns: Patterns
 ) -> Iterator[ScanItem]:
-    """The serial crawl's items of a directory, ``SLICE`` entries at a time, letting go of each
+    """The general way's items of a directory, ``SLICE`` entries at a time, letting go of each
     ``DirEntry`` (and the stat result it caches) once classified: a flat directory of a million
     files holds a million entries, not a million stat results and rows besides."""
     entries.reverse()
@@ -260,7 +325,7 @@ def write_listing(
     """Crawl ``root`` (over ``executor`` if given) into the Parquet file ``out`` in batches."""
     stats = ListingStats(0, 0, 0)
     pending = Rows()
-    with pq.ParquetWriter(out, LISTING_SCHEMA) as writer:
+    with pq.ParquetWriter(out, LISTING_SCHEMA, use_dictionary=DICTIONARY) as writer:
         for rows in _blocks(root, patterns, on_sick, executor, WINDOW):
             pending.extend(rows)
             while len(pending) >= BATCH_ROWS:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import stat
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -251,18 +253,30 @@ def test_excluded_directory_is_pruned(tmp_path: Path) -> None:
         assert rows[1].skip_reason == "directory excluded by pattern"
 
 
-def test_excluded_directory_is_not_opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    make_tree(tmp_path, {"a.jpg": b"", "cache/x.jpg": b""})
+READERS = ("scandir", "listdir", "open")
+"""What may open a directory: the general way lists by ``os.scandir``, the serial crawl's quick
+way by ``os.listdir``, then opens it to ``lstat`` names relative to it."""
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_excluded_directory_is_not_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    make_tree(tmp_path, {"a.jpg": b"", "cache/x.jpg": b"", "keep/y.jpg": b""})
     opened: list[str] = []
-    real = os.scandir
+    for name in READERS:
+        real = getattr(os, name)
 
-    def spy(path: str) -> Any:
-        opened.append(os.fsdecode(path))
-        return real(path)
+        def spy(path: Any, *args: Any, real: Any = real, **kwargs: Any) -> Any:
+            opened.append(os.fsdecode(path))
+            return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(os, "scandir", spy)
-    listed(tmp_path, Patterns(["*"], ["cache"]))
-    assert opened == [str(tmp_path)]
+        monkeypatch.setattr(os, name, spy)
+    with ThreadPoolExecutor(threads) if threads else contextlib.nullcontext() as pool:
+        rows = list(crawl(tmp_path, Patterns(["*"], ["cache"]), executor=pool))
+    assert [r.path for r in rows] == ["a.jpg", "cache", "keep/y.jpg"]
+    assert str(tmp_path / "keep") in opened
+    assert not [path for path in opened if "cache" in path]
 
 
 def test_patterns_api() -> None:
@@ -327,20 +341,23 @@ def test_unreadable_directory(tmp_path: Path) -> None:
     assert rows[1].skip_reason == "cannot list directory: Permission denied"
 
 
+@pytest.mark.parametrize("threads", [0, 2])
 def test_unlistable_directory_becomes_a_row(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
 ) -> None:
-    """Simulated with a failing scandir, so it runs as root too."""
+    """Simulated with a failing scandir and listdir, so it runs as root too."""
     make_tree(tmp_path, {"a.jpg": b"", "locked/x.jpg": b"", "z.jpg": b""})
-    real = os.scandir
+    for name in ("scandir", "listdir"):
+        real = getattr(os, name)
 
-    def failing(path: str) -> Any:
-        if os.fsdecode(path).endswith("locked"):
-            raise PermissionError(13, "Permission denied")
-        return real(path)
+        def failing(path: Any, real: Any = real) -> Any:
+            if os.fsdecode(path).endswith("locked"):
+                raise PermissionError(13, "Permission denied")
+            return real(path)
 
-    monkeypatch.setattr(os, "scandir", failing)
-    rows = listed(tmp_path)
+        monkeypatch.setattr(os, name, failing)
+    with ThreadPoolExecutor(threads) if threads else contextlib.nullcontext() as pool:
+        rows = list(crawl(tmp_path, ALL, executor=pool))
     assert [(r.path, r.kind) for r in rows] == [
         ("a.jpg", Kind.FILE),
         ("locked", Kind.UNREADABLE),
