@@ -160,9 +160,9 @@ def _listing(cfg: Config, name: str) -> Comparison:
     with recording_errors(cmp):
         tree = ensure_tree(cfg.work, spec)
         mount = lambda: relayed_mount(cfg, tree, "latency-listing", DELAY_MS)  # noqa: E731
-        runs = bench_listing._measure(cfg, "latency", mount, warm=False)
+        runs = bench_listing.measure(cfg, "latency", mount, warm=False)
         note = f"a fresh relayed mount (default caches) per timed run; listed {runs.lister}"
-        main, ref = bench_listing._comparisons(runs, WHERE, LISTING_TARGET, note)
+        main, ref = bench_listing.comparisons(runs, WHERE, ("find", LISTING_TARGET), note)
         main.name = cmp.name
         main.note += f"; against find -printf (a stat per file): {ref.ratio:.3f}"
         return main

@@ -81,22 +81,22 @@ def run(cfg: Config) -> list[Comparison]:
     spec = SMOKE if cfg.smoke else LISTING
     tree = ensure_tree(cfg.work, spec)
     size = f"{spec.files:,} files"
-    local = _measure(cfg, "local", lambda: contextlib.nullcontext(tree), warm=True)
+    local = measure(cfg, "local", lambda: contextlib.nullcontext(tree), warm=True)
     conditions = f"warm caches (directories and inodes); listed {local.lister}; {_load()}"
-    out = _comparisons(local, f"local disk, {size}", ("find-stat", LOCAL_RATIO), conditions)
+    out = comparisons(local, f"local disk, {size}", ("find-stat", LOCAL_RATIO), conditions)
     reason = sshfs_unavailable(cfg)
     if reason is not None:
         names = (f"listing, sshfs, {size}", f"listing, sshfs, {size}, find stats too")
         return out + [Comparison(n, FIND, OURS, skipped=reason) for n in names]
-    remote = _measure(cfg, "sshfs", lambda: sshfs_mount(cfg, tree, "listing"), warm=False)
+    remote = measure(cfg, "sshfs", lambda: sshfs_mount(cfg, tree, "listing"), warm=False)
     note = (
         "sshfs on 127.0.0.1 with default options, a fresh mount per timed run; listed "
         f"{remote.lister}; {_load()}"
     )
-    return out + _comparisons(remote, f"sshfs, {size}", ("find", SSHFS_RATIO), note)
+    return out + comparisons(remote, f"sshfs, {size}", ("find", SSHFS_RATIO), note)
 
 
-def _measure(cfg: Config, where: str, mount: Mount, warm: bool) -> _Runs:
+def measure(cfg: Config, where: str, mount: Mount, warm: bool) -> _Runs:
     """Every side ``cfg.repeats`` times (after one untimed run each, if ``warm``), the side
     going first taking turns."""
     runs = _Runs(fresh_dir(cfg.work / "runs" / f"listing-{where}"))
@@ -121,7 +121,7 @@ REFERENCE = {
 }
 
 
-def _comparisons(
+def comparisons(
     runs: _Runs, where: str, target: tuple[str, float], conditions: str
 ) -> list[Comparison]:
     """Against the ``target`` side of find (``"find"`` or ``"find-stat"``) with its ratio, and
