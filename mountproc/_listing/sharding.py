@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -40,16 +40,21 @@ class Plan:
     shards: int
     files: int
     bytes: int
+    # the most files and the most bytes of any shard (0 when not known: a resumed run's plan)
+    largest_files: int = field(default=0, compare=False)
+    largest_bytes: int = field(default=0, compare=False)
 
 
 class _Cutter:
-    """Assigns consecutive files to shards within the bounds."""
+    """Assigns consecutive files to shards within the bounds, noting the largest shard."""
 
     def __init__(self, bounds: ShardBounds) -> None:
         self.bounds = bounds
         self.shard = -1
         self.files = 0
         self.bytes = 0
+        self.most_files = 0
+        self.most_bytes = 0
 
     def assign(self, size: int) -> int:
         full = self.files >= self.bounds.max_files or self.bytes + size > self.bounds.max_bytes
@@ -57,7 +62,13 @@ class _Cutter:
             self.shard, self.files, self.bytes = self.shard + 1, 0, 0
         self.files += 1
         self.bytes += size
+        self.most_files = max(self.most_files, self.files)
+        self.most_bytes = max(self.most_bytes, self.bytes)
         return self.shard
+
+    def plan(self, path: Path, files: int, total: int) -> Plan:
+        """The totals of the shards cut so far."""
+        return Plan(path, self.shard + 1, files, total, self.most_files, self.most_bytes)
 
 
 class RoundRobin(Generic[T]):
@@ -138,7 +149,34 @@ def write_plan(
             arrays = [cols[name] for name in PLAN_SCHEMA.names]
             writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=PLAN_SCHEMA))
     pa.default_memory_pool().release_unused()
-    return Plan(out, cutter.shard + 1, files, total)
+    return cutter.plan(out, files, total)
+
+
+def subset_entries(listing: Path, subset: set[int]) -> list[FileEntry]:
+    """The files at row numbers ``subset`` of a listing, in listing order (read in bounded
+    batches: only the subset's rows become Python objects)."""
+    found: list[FileEntry] = []
+    row = 0
+    columns = ["path_raw", "size", "mtime_ns"]
+    for batch in pq.ParquetFile(listing).iter_batches(columns=columns):
+        here = sorted(i - row for i in subset if row <= i < row + batch.num_rows)
+        cols = batch.take(arrow.array(here, pa.int64())).to_pydict() if here else None
+        row += batch.num_rows
+        if cols is None:
+            continue
+        for raw, size, mtime in zip(cols["path_raw"], cols["size"], cols["mtime_ns"], strict=True):
+            found.append(FileEntry(os.fsdecode(raw), size, mtime))
+    return found
+
+
+def subset_plan(listing: Path, subset: set[int], bounds: ShardBounds) -> Plan:
+    """The totals ``write_plan(listing, ..., bounds, subset)`` would give, written nowhere
+    (``path`` is the listing's)."""
+    cutter = _Cutter(bounds)
+    sizes = [entry.size for entry in subset_entries(listing, subset)]
+    for size in sizes:
+        cutter.assign(size)
+    return cutter.plan(listing, len(sizes), sum(sizes))
 
 
 def iter_shards(plan: Path) -> Iterator[tuple[int, tuple[FileEntry, ...]]]:
