@@ -1,11 +1,14 @@
-"""Tests of the bounded figures of _listing.sharding: the largest shard noted while cutting, and
-a subset's files and plan totals read without copying the listing."""
+"""Tests of the bounded work of _listing.sharding: shards cut a batch at a time as the per-file
+rule cuts them, the largest shard noted while cutting, and a subset's files and plan totals read
+without copying the listing."""
 
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -101,3 +104,35 @@ def test_subset_entries_of_nothing(tmp_path: Path) -> None:
     listing = listing_of(tmp_path, {"a.jpg": 1})
     assert _sharding.subset_entries(listing, set()) == []
     assert _sharding.subset_plan(listing, set(), ShardBounds(2, 9)).shards == 0
+
+
+def _one_at_a_time(sizes: list[int], bounds: ShardBounds) -> list[int]:
+    """The rule, file by file: a file opens a new shard when the current one is full (files,
+    or bytes with it), unless the current one is empty."""
+    shard, files, total, out = -1, 0, 0, []
+    for size in sizes:
+        full = files >= bounds.max_files or total + size > bounds.max_bytes
+        if shard < 0 or (full and files > 0):
+            shard, files, total = shard + 1, 0, 0
+        files, total = files + 1, total + size
+        out.append(shard)
+    return out
+
+
+def test_the_cutter_follows_the_rule_file_by_file_across_batches() -> None:
+    rng = random.Random(18)
+    for _ in range(2000):
+        bounds = ShardBounds(rng.randint(1, 12), rng.randint(1, 300))
+        choices = [0, 0, 1, 5, 50, 100, 400, rng.randint(0, 500)]
+        sizes = [rng.choice(choices) for _ in range(rng.randint(0, 80))]
+        cutter = _sharding._Cutter(bounds)
+        got: list[int] = []
+        start = 0
+        while start < len(sizes):  # batches of any length
+            stop = start + rng.randint(1, 20)
+            got += cutter.cut(np.array(sizes[start:stop], dtype=np.int64)).tolist()
+            start = stop
+        assert got == _one_at_a_time(sizes, bounds), (bounds, sizes)
+        shards = [[s for s, i in zip(sizes, got, strict=True) if i == n] for n in set(got)]
+        assert cutter.most_files == max(map(len, shards), default=0)
+        assert cutter.most_bytes == max(map(sum, shards), default=0)
