@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mountproc._listing.inputs import crawl_order
+from mountproc._listing.sharding import batches
 
 COLUMNS = ["path_raw", "size", "mtime_ns"]
 
@@ -39,7 +40,7 @@ def drift(before: Path, after: Path) -> dict[str, int]:
 def _files(listing: Path) -> Iterator[_File]:
     """The listing's selected files in order, batch by batch."""
     columns = [*COLUMNS, "skip_reason"]
-    for batch in pq.ParquetFile(listing).iter_batches(columns=columns):
+    for batch in batches(listing, columns):
         chosen = batch.filter(pc.is_null(batch.column("skip_reason"))).to_pydict()
         yield from zip(chosen["path_raw"], chosen["size"], chosen["mtime_ns"], strict=True)
 

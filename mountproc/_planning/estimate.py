@@ -19,10 +19,8 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from mountproc._job import Job
-from mountproc._listing.sharding import Plan, ShardBounds, subset_plan, test_subset
+from mountproc._listing.sharding import Plan, ShardBounds, batches, subset_plan, test_subset
 from mountproc._listing.stage import Lister, entries_listed, list_and_shard, lister
 from mountproc._mounts.preflight import preflight_source
 from mountproc._outputs.increment import Increment
@@ -134,7 +132,7 @@ def _skip_reasons(listing: Path) -> tuple[tuple[str, int], ...]:
     """How many listed entries were skipped for each reason, most common first (counted batch
     by batch: a listing's reasons are nearly all null, and there are few distinct ones)."""
     counts: dict[str, int] = {}
-    for batch in pq.ParquetFile(listing).iter_batches(columns=["skip_reason"]):
+    for batch in batches(listing, ["skip_reason"]):
         reasons = batch.column(0)
         if reasons.null_count == len(reasons):
             continue
