@@ -2,12 +2,15 @@
 
 A tree is ``ROOT/dirs/aNN/bNN/...`` (leaf directories of ``per_dir`` files each) plus one flat
 directory ``ROOT/flat`` of ``flat`` files. Names, sizes (0-200 bytes) and contents (lines of
-text naming the file) follow from the spec alone; mtimes are whatever the generation gave.
+text naming the file) follow from the spec alone; mtimes are whatever the generation gave. An
+``empty`` tree's files are all empty: 10,000,000 files of content would take 40 GB of 4 KiB
+blocks, empty ones take only their inodes.
 Generation runs in one process per CPU, each creating whole directories (or slices of the flat
 one) with ``os.open(..., dir_fd=...)``; a tree whose ``<name>.json`` marker matches its spec is
 reused as it is, and an unfinished one is removed and made again.
 
-``python -m benchmarks.trees [WORK]`` generates the 1,000,000-file tree and prints its path.
+``python -m benchmarks.trees [WORK] [NAME]`` generates a tree (default the 1,000,000-file one) and
+prints its path.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class TreeSpec:
     fanout: tuple[int, ...]
     per_dir: int
     flat: int
+    empty: bool = False  # every file empty (sizes 0)
 
     @property
     def leaves(self) -> int:
@@ -61,6 +65,10 @@ TREE_100K = TreeSpec("tree-100k", (9, 10), 1_000, 10_000)
 """Driver memory, small side: the 1M tree's shape at a tenth of its size."""
 TREE_1M = TreeSpec("tree-1m", (30, 30), 1_000, 100_000)
 """Driver memory and test mode: 900,000 files in 900 directories plus a flat one of 100,000."""
+TREE_10M = TreeSpec("tree-10m", (99, 100), 1_000, 100_000, empty=True)
+"""Driver memory at scale: 9,900,000 empty files in 9,900 directories plus a flat one of
+100,000 (the 1M tree's largest directory: what grows is the file count, not one directory)."""
+TREES = {spec.name: spec for spec in (SMOKE, LISTING, TREE_100K, TREE_1M, TREE_10M)}
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class _Slice:
     start: int
     stop: int
     first: int  # the tree-wide index of file ``start`` (it decides size and content)
+    empty: bool = False
 
 
 def tree_1m(work: Path = DEFAULT_WORK) -> Path:
@@ -83,6 +92,8 @@ def ensure_tree(work: Path, spec: TreeSpec, processes: int | None = None) -> Pat
     base = work / "trees"
     root, marker = base / spec.name, base / f"{spec.name}.json"
     wanted = {"format": FORMAT, **asdict(spec), "fanout": list(spec.fanout)}
+    if not spec.empty:  # markers written before ``empty`` existed stay valid
+        del wanted["empty"]
     if marker.exists() and json.loads(marker.read_text()) == wanted and root.is_dir():
         return root
     marker.unlink(missing_ok=True)
@@ -118,10 +129,11 @@ def _slices(spec: TreeSpec) -> Iterator[_Slice]:
     ranges = [range(n) for n in spec.fanout]
     for i, path in enumerate(itertools.product(*ranges)):
         rel = "/".join(["dirs", *(f"{chr(ord('a') + lvl)}{n:03d}" for lvl, n in enumerate(path))])
-        yield _Slice(rel, 0, spec.per_dir, i * spec.per_dir)
+        yield _Slice(rel, 0, spec.per_dir, i * spec.per_dir, spec.empty)
     base = spec.leaves * spec.per_dir
     for start in range(0, spec.flat, FLAT_SLICE):
-        yield _Slice("flat", start, min(start + FLAT_SLICE, spec.flat), base + start)
+        stop = min(start + FLAT_SLICE, spec.flat)
+        yield _Slice("flat", start, stop, base + start, spec.empty)
 
 
 def _write_slice(root: str, part: _Slice) -> int:
@@ -129,6 +141,10 @@ def _write_slice(root: str, part: _Slice) -> int:
     dfd = os.open(os.path.join(root, part.rel), os.O_RDONLY | os.O_DIRECTORY)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
     try:
+        if part.empty:  # only the inodes: about 50 us a file on this machine's ext4
+            for n in range(part.start, part.stop):
+                os.close(os.open(file_name(n), flags, 0o644, dir_fd=dfd))
+            return part.stop - part.start
         for n in range(part.start, part.stop):
             name = file_name(n)
             data = file_content(f"{part.rel}/{name}", part.first + n - part.start)
@@ -161,12 +177,14 @@ def file_content(rel: str, index: int) -> bytes:
 
 
 def main(argv: list[str]) -> None:
-    """Generate (or find) the 1M tree under ``argv[0]`` (default /tmp/mountproc-bench)."""
+    """Generate (or find) the tree named ``argv[1]`` (default the 1M one) under ``argv[0]``
+    (default /tmp/mountproc-bench)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     work = Path(argv[0]) if argv else DEFAULT_WORK
+    spec = TREES[argv[1]] if len(argv) > 1 else TREE_1M
     started = time.perf_counter()
-    root = tree_1m(work)
-    print(f"{root} ({TREE_1M.files} files, {time.perf_counter() - started:.1f} s)")
+    root = ensure_tree(work, spec)
+    print(f"{root} ({spec.files} files, {time.perf_counter() - started:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -19,11 +19,8 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from mountproc._job import Job
-from mountproc._listing.sharding import Plan, ShardBounds, test_subset, write_plan
+from mountproc._listing.sharding import Plan, ShardBounds, batches, subset_plan, test_subset
 from mountproc._listing.stage import Lister, entries_listed, list_and_shard, lister
 from mountproc._mounts.preflight import preflight_source
 from mountproc._outputs.increment import Increment
@@ -82,9 +79,8 @@ def plan_job(job: Job, ref: JobRef, run: ResolvedRun, timed: int = TIMED_FILES) 
         started = time.perf_counter()
         plan, entries, found = _listed(job, whole, paths, partial(lister, whole, mount, None), line)
         listing_s = time.perf_counter() - started
-        largest = _largest_shard(paths.plan)
-        paths.plan.unlink()  # each plan is a copy of the listing: keep one at a time
-        test = _test_plan(paths, run)
+        paths.plan.unlink()  # a copy of the listing: its totals are all that is needed
+        test = _test_plan(paths.listing, run)
         timings = time_files(ref, run, paths, timed)
         skipped = _skip_reasons(paths.listing)
     workers, threads = _capacity(run)
@@ -97,8 +93,8 @@ def plan_job(job: Job, ref: JobRef, run: ResolvedRun, timed: int = TIMED_FILES) 
         bytes=plan.bytes,
         skipped=skipped,
         shards=plan.shards,
-        largest_shard_files=largest[0],
-        largest_shard_bytes=largest[1],
+        largest_shard_files=plan.largest_files,
+        largest_shard_bytes=plan.largest_bytes,
         test_size=s.test_size,
         test_files=test.files,
         test_shards=test.shards,
@@ -125,35 +121,25 @@ def _listed(
     return plan_increment(line, run, paths, partial(entries_listed, job, run, where))
 
 
-def _largest_shard(plan: Path) -> tuple[int, int]:
-    """The most files and the most bytes of any shard of a plan."""
-    totals: dict[int, tuple[int, int]] = {}
-    for batch in pq.ParquetFile(plan).iter_batches(columns=["shard", "size"]):
-        grouped = pa.Table.from_batches([batch]).group_by("shard")
-        for row in grouped.aggregate([("size", "count"), ("size", "sum")]).to_pylist():
-            if row["shard"] is None:  # a skipped entry
-                continue
-            files, size = totals.get(row["shard"], (0, 0))
-            totals[row["shard"]] = (files + row["size_count"], size + row["size_sum"])
-    files = max((f for f, _ in totals.values()), default=0)
-    return files, max((b for _, b in totals.values()), default=0)
-
-
-def _test_plan(paths: RunPaths, run: ResolvedRun) -> Plan:
+def _test_plan(listing: Path, run: ResolvedRun) -> Plan:
     """The totals of the plan ``--test-mode`` with the run's ``--test-size`` would make."""
     s = run.settings
     bounds = ShardBounds(s.shard_max_files, int(s.shard_max_bytes))
-    out = paths.root / "test-plan.parquet"
-    test = write_plan(paths.listing, out, bounds, test_subset(paths.listing, s.test_size))
-    out.unlink()
-    return test
+    return subset_plan(listing, test_subset(listing, s.test_size), bounds)
 
 
 def _skip_reasons(listing: Path) -> tuple[tuple[str, int], ...]:
-    """How many listed entries were skipped for each reason, most common first."""
-    reasons = pq.read_table(listing, columns=["skip_reason"]).column("skip_reason")
-    counts = [(r["values"], r["counts"]) for r in reasons.value_counts().to_pylist()]
-    return tuple(sorted(((v, n) for v, n in counts if v is not None), key=lambda p: (-p[1], p[0])))
+    """How many listed entries were skipped for each reason, most common first (counted batch
+    by batch: a listing's reasons are nearly all null, and there are few distinct ones)."""
+    counts: dict[str, int] = {}
+    for batch in batches(listing, ["skip_reason"]):
+        reasons = batch.column(0)
+        if reasons.null_count == len(reasons):
+            continue
+        for row in reasons.value_counts().to_pylist():
+            if row["values"] is not None:
+                counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+    return tuple(sorted(counts.items(), key=lambda pair: (-pair[1], pair[0])))
 
 
 def _capacity(run: ResolvedRun) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from mountproc._errors import JobSetupError, MountprocError
-from mountproc._listing.sharding import ShardBounds, iter_shards, test_subset, write_plan
+from mountproc._listing.sharding import subset_entries, test_subset
 from mountproc._mounts.sourcewatch import SourceWatch
 from mountproc._outputs.layout import RunPaths
 from mountproc._records import FileEntry, JobRef, Limits, ShardResult, ShardSpec, Status
@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.2
 """How often the wait for a sampled file checks that the source mount still answers."""
-
-
-ONE_FILE = ShardBounds(1, 1 << 62)
-"""Bounds that put every timed file into a shard of its own, so each is timed alone."""
 
 
 @dataclass(frozen=True)
@@ -45,10 +41,7 @@ class Timings:
 def time_files(ref: JobRef, run: ResolvedRun, paths: RunPaths, count: int) -> Timings:
     """Run up to ``count`` files, taken round-robin over the tree's directories as test mode
     takes them, each as a shard of its own, timed in the timing process."""
-    picked = paths.root / "timed-plan.parquet"
-    write_plan(paths.listing, picked, ONE_FILE, test_subset(paths.listing, count))
-    entries = [entries for _, entries in iter_shards(picked)]
-    picked.unlink()
+    entries = [(one,) for one in subset_entries(paths.listing, test_subset(paths.listing, count))]
     s = run.settings
     limits = Limits(s.file_timeout, s.mount_timeout)
     params_json = run.params.model_dump_json()
