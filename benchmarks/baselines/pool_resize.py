@@ -68,6 +68,19 @@ def walk(source: str, patterns: tuple[str, ...]) -> Iterator[str]:
                 yield os.path.relpath(os.path.join(root, name), source).replace(os.sep, "/")
 
 
+def record_json(relpath: str, st: os.stat_result, digest: str) -> str:
+    """The sample's JSON record, as mountproc writes it (the path's exact bytes in ``path_b64``)."""
+    raw = os.fsencode(relpath)
+    record = {
+        "mtime_ns": st.st_mtime_ns,
+        "path": raw.decode("utf-8", "backslashreplace"),
+        "path_b64": base64.b64encode(raw).decode("ascii"),
+        "sha256": digest,
+        "size": st.st_size,
+    }
+    return json.dumps(record, sort_keys=True, ensure_ascii=False)
+
+
 def process(relpath: str) -> tuple[str, list[Member] | None, str]:
     """Read, hash and transform one file; return its members, or None and the error."""
     transform = _JOB.transform_fn if _JOB is not None else None
@@ -83,15 +96,7 @@ def process(relpath: str) -> tuple[str, list[Member] | None, str]:
         outputs = transform(src, _CTX)
         if outputs is None:
             return relpath, None, "declined by the transform"
-        raw = os.fsencode(relpath)
-        record = {
-            "mtime_ns": st.st_mtime_ns,
-            "path": raw.decode("utf-8", "backslashreplace"),
-            "path_b64": base64.b64encode(raw).decode("ascii"),
-            "sha256": digest,
-            "size": st.st_size,
-        }
-        contents = {**outputs, "json": json.dumps(record, sort_keys=True, ensure_ascii=False)}
+        contents = {**outputs, "json": record_json(relpath, st, digest)}
         key = member_key(relpath)
         return relpath, [(f"{key}.{s}", _bytes(c)) for s, c in sorted(contents.items())], ""
     except Exception as exc:  # a bad file is noted, the run goes on

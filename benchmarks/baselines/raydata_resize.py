@@ -17,9 +17,7 @@ virtualenv of its own that has ``ray[data]`` installed.
 from __future__ import annotations
 
 import argparse
-import base64
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -52,15 +50,7 @@ def resize(row: dict[str, Any], job_file: str, source: str) -> list[dict[str, An
         if outputs is None:
             log.warning("%s: declined by the transform", relpath)
             return []
-        raw = os.fsencode(relpath)
-        record = {
-            "mtime_ns": st.st_mtime_ns,
-            "path": raw.decode("utf-8", "backslashreplace"),
-            "path_b64": base64.b64encode(raw).decode("ascii"),
-            "sha256": digest,
-            "size": st.st_size,
-        }
-        text = json.dumps(record, sort_keys=True, ensure_ascii=False)
+        text = pool_resize.record_json(relpath, st, digest)
         return [{"__key__": member_key(relpath), **outputs, "json": text}]
     except Exception as exc:  # a bad file is noted, the run goes on
         log.warning("%s: %s: %s", relpath, type(exc).__name__, exc)

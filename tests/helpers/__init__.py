@@ -35,6 +35,16 @@ def slow_job(seconds: float, name: str = "slow", include: tuple[str, ...] = ("*"
     )
 
 
+def make_sized_tree(root: Path, files: Mapping[str, int]) -> Path:
+    """Create files (relative path -> size in bytes) under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, size in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+    return root
+
+
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The test process's environment without any mountproc, Valohai or Dask settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_ENV)}

@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 # imported as a module: pytest would collect a bare ``test_subset`` as a test
+from helpers import make_sized_tree
+
 from mountproc._listing import listing as _listing
 from mountproc._listing import sharding as _sharding
 from mountproc._listing.listing import Patterns, write_listing
@@ -28,18 +30,8 @@ ALL = Patterns(["*"], [])
 ROOMY = ShardBounds(max_files=1000, max_bytes=1 << 30)
 
 
-def make_tree(root: Path, files: dict[str, int]) -> Path:
-    """Create files (relative path -> size in bytes) under ``root``."""
-    root.mkdir(parents=True, exist_ok=True)
-    for rel, size in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x" * size)
-    return root
-
-
 def listing_of(tmp_path: Path, files: dict[str, int], patterns: Patterns = ALL) -> Path:
-    root = make_tree(tmp_path / "root", files)
+    root = make_sized_tree(tmp_path / "root", files)
     out = tmp_path / "listing.parquet"
     write_listing(root, patterns, out)
     return out
@@ -138,7 +130,7 @@ def test_every_eligible_file_in_exactly_one_shard_in_order(tmp_path: Path) -> No
 
 
 def test_skipped_rows_are_kept_without_a_shard(tmp_path: Path) -> None:
-    root = make_tree(tmp_path / "root", {"a.jpg": 1, "b.txt": 2, "c.jpg": 3})
+    root = make_sized_tree(tmp_path / "root", {"a.jpg": 1, "b.txt": 2, "c.jpg": 3})
     (root / "link.jpg").symlink_to(root / "a.jpg")
     listing = tmp_path / "listing.parquet"
     write_listing(root, Patterns(["*.jpg"], []), listing)
@@ -166,7 +158,7 @@ def test_empty_listing(tmp_path: Path) -> None:
 def test_shards_span_listing_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Row groups of the listing do not cut shards: small batches give the same plan."""
     files = {f"d{i % 3}/f{i:03d}": i % 7 + 1 for i in range(50)}
-    root = make_tree(tmp_path / "root", files)
+    root = make_sized_tree(tmp_path / "root", files)
     write_listing(root, ALL, tmp_path / "big.parquet")
     monkeypatch.setattr(_listing, "BATCH_ROWS", 4)
     write_listing(root, ALL, tmp_path / "small.parquet")
@@ -194,7 +186,7 @@ def test_plan_is_reproducible(tmp_path: Path) -> None:
 
 
 def test_iter_shards_yields_file_entries(tmp_path: Path) -> None:
-    root = make_tree(tmp_path / "root", {"a/x.jpg": 3, "b.jpg": 4})
+    root = make_sized_tree(tmp_path / "root", {"a/x.jpg": 3, "b.jpg": 4})
     os.utime(root / "b.jpg", ns=(5, 7_000_000_000))
     listing = tmp_path / "listing.parquet"
     write_listing(root, ALL, listing)
@@ -208,7 +200,7 @@ def test_iter_shards_yields_file_entries(tmp_path: Path) -> None:
 
 def test_iter_shards_non_utf8_name(tmp_path: Path) -> None:
     name = os.fsdecode(b"caf\xe9.jpg")
-    root = make_tree(tmp_path / "root", {"dir/" + name: 2})
+    root = make_sized_tree(tmp_path / "root", {"dir/" + name: 2})
     listing = tmp_path / "listing.parquet"
     write_listing(root, ALL, listing)
     plan = write_plan(listing, tmp_path / "plan.parquet", ROOMY)

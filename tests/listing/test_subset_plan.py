@@ -13,6 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 
 # imported as a module: pytest would collect a bare ``test_subset`` as a test
+from helpers import make_sized_tree
+
 from mountproc._listing import listing as _listing
 from mountproc._listing import sharding as _sharding
 from mountproc._listing.listing import Patterns, write_listing
@@ -22,18 +24,9 @@ from mountproc._records import FileEntry
 ALL = Patterns(["*"], [])
 
 
-def make_tree(root: Path, files: dict[str, int]) -> Path:
-    """Create files (relative path -> size in bytes) under ``root``."""
-    for rel, size in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(b"x" * size)
-    return root
-
-
 def listing_of(tmp_path: Path, files: dict[str, int], patterns: Patterns = ALL) -> Path:
     out = tmp_path / "listing.parquet"
-    write_listing(make_tree(tmp_path / "root", files), patterns, out)
+    write_listing(make_sized_tree(tmp_path / "root", files), patterns, out)
     return out
 
 
