@@ -75,7 +75,35 @@ def table(columns: Mapping[str, Collection[Any]], schema: pa.Schema) -> pa.Table
     return pa.Table.from_batches([batch(columns, schema)], schema=schema)
 
 
-def _bits(flags: list[bool]) -> pa.Buffer:
+# numpy views of Arrow arrays and back, without ``Array.to_numpy`` (which imports pandas too)
+
+
+def bools(flags: np.ndarray) -> pa.Array:
+    """A boolean array (no nulls) of numpy's ``flags``."""
+    return pa.Array.from_buffers(pa.bool_(), len(flags), [None, _bits(flags)])
+
+
+def int32s(values: np.ndarray, valid: np.ndarray) -> pa.Array:
+    """An int32 array of ``values``, null where ``valid`` is false."""
+    nulls = len(values) - int(valid.sum())
+    bitmap = _bits(valid) if nulls else None
+    return pa.Array.from_buffers(pa.int32(), len(values), [bitmap, pa.py_buffer(values)], nulls)
+
+
+def int64_view(values: pa.Array) -> np.ndarray:
+    """An int64 array without nulls as numpy's (no copy)."""
+    assert values.null_count == 0, "an int64 array with nulls"
+    data = np.frombuffer(values.buffers()[1], dtype=np.int64)
+    return data[values.offset : values.offset + len(values)]
+
+
+def bools_view(values: pa.Array) -> np.ndarray:
+    """A boolean array without nulls as numpy's."""
+    bits = np.unpackbits(np.frombuffer(values.buffers()[1], dtype=np.uint8), bitorder="little")
+    return bits[values.offset : values.offset + len(values)].astype(bool)
+
+
+def _bits(flags: Sequence[bool] | np.ndarray) -> pa.Buffer:
     """A little-endian bitmap of ``flags``."""
     return pa.py_buffer(np.packbits(np.array(flags, dtype=bool), bitorder="little"))
 

@@ -45,10 +45,6 @@ def _files(listing: Path) -> Iterator[_File]:
         yield from zip(chosen["path_raw"], chosen["size"], chosen["mtime_ns"], strict=True)
 
 
-def _key(raw: bytes) -> tuple[str, ...]:
-    return crawl_order(os.fsdecode(raw))
-
-
 def _merged(old: Iterator[_File], new: Iterator[_File]) -> dict[str, int]:
     """Merge two listings in the crawl's order, counting what differs; where they differ, each
     file is checked to come after the one before it in its listing."""

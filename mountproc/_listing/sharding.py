@@ -160,14 +160,14 @@ def write_plan(
     with pq.ParquetWriter(out, PLAN_SCHEMA) as writer:
         for batch in batches(listing):
             chosen, reasons = _chosen(batch, row, subset)
-            sizes = _numbers(pc.filter(batch.column("size"), chosen))
-            flags = _flags(chosen)
+            sizes = arrow.int64_view(pc.filter(batch.column("size"), chosen))
+            flags = arrow.bools_view(chosen)
             shards = np.zeros(batch.num_rows, dtype=np.int32)
             shards[flags] = cutter.cut(sizes)
             files, total, row = files + len(sizes), total + int(sizes.sum()), row + batch.num_rows
             cols = {name: batch.column(name) for name in LISTING_SCHEMA.names}
             cols["skip_reason"] = reasons
-            cols["shard"] = _int32s(shards, flags)
+            cols["shard"] = arrow.int32s(shards, flags)
             arrays = [cols[name] for name in PLAN_SCHEMA.names]
             writer.write_batch(pa.RecordBatch.from_arrays(arrays, schema=PLAN_SCHEMA))
     pa.default_memory_pool().release_unused()
@@ -183,38 +183,9 @@ def _chosen(batch: pa.RecordBatch, row: int, subset: set[int] | None) -> tuple[p
         return eligible, reasons
     picked = np.zeros(batch.num_rows, dtype=bool)
     picked[[i - row for i in subset if row <= i < row + batch.num_rows]] = True
-    chosen = pc.and_(eligible, _masked_bools(picked))
+    chosen = pc.and_(eligible, arrow.bools(picked))
     left_out = pc.and_(eligible, pc.invert(chosen))
     return chosen, pc.if_else(left_out, arrow.scalar(NOT_IN_SUBSET, pa.string()), reasons)
-
-
-def _masked_bools(flags: np.ndarray) -> pa.Array:
-    """A boolean array of numpy's flags."""
-    bits = pa.py_buffer(np.packbits(flags, bitorder="little"))
-    return pa.Array.from_buffers(pa.bool_(), len(flags), [None, bits])
-
-
-# numpy views of Arrow arrays without ``Array.to_numpy``, which imports pandas (seconds)
-
-
-def _numbers(values: pa.Array) -> np.ndarray:
-    """An int64 array without nulls as numpy's."""
-    assert values.null_count == 0, "a selected file without a size"
-    data = np.frombuffer(values.buffers()[1], dtype=np.int64)
-    return data[values.offset : values.offset + len(values)]
-
-
-def _flags(values: pa.Array) -> np.ndarray:
-    """A boolean array without nulls as numpy's."""
-    bits = np.unpackbits(np.frombuffer(values.buffers()[1], dtype=np.uint8), bitorder="little")
-    return bits[values.offset : values.offset + len(values)].astype(bool)
-
-
-def _int32s(values: np.ndarray, valid: np.ndarray) -> pa.Array:
-    """An int32 array of ``values``, null where ``valid`` is false."""
-    nulls = len(values) - int(valid.sum())
-    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
-    return pa.Array.from_buffers(pa.int32(), len(values), [bitmap, pa.py_buffer(values)], nulls)
 
 
 def subset_entries(listing: Path, subset: set[int]) -> list[FileEntry]:
