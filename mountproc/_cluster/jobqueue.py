@@ -178,17 +178,17 @@ class Replacer(Poller):
         c, now = self._cluster, time.monotonic()
         names = {str(w.get("name")) for w in c.scheduler_info.get("workers", {}).values()}
         for job in list(c.workers):
+            self._ids[job] = str(getattr(c.workers[job], "job_id", None) or "?")
             if any(n == job or n.rsplit("-", 1)[0] == job for n in names):
                 self._seen[job] = now
-                self._ids[job] = str(getattr(c.workers[job], "job_id", None) or "?")
             elif now - self._seen.get(job, now) > self._grace_s:
                 with contextlib.suppress(Exception):
                     await c.workers.pop(job).close()  # the cancel command, for a job hanging on
         missing = set(c.worker_spec) - set(c.workers)
-        for job in sorted(missing & set(self._seen)):
-            del self._seen[job]
+        # every job submitted and gone, also one whose worker left between two polls
+        for job in sorted(missing & set(self._ids)):
+            self._seen.pop(job, None)
             log.warning("worker job %s (%s) left the cluster (cancelled, out of walltime, or "
-                        "its node failed): submitting a replacement", self._ids.get(job, "?"),
-                        job)  # fmt: skip
+                        "its node failed): submitting a replacement", self._ids.pop(job), job)
         if missing:
             await c._correct_state()
