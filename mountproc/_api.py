@@ -89,15 +89,14 @@ def _commonest(summary: dict[str, Any]) -> str:
 def _serve_as_member(job: Job, resolved: ResolvedRun) -> RunReport:
     """On a member of a Valohai distributed task other than the primary: check the source, then
     be a worker of the primary's cluster until it closes. Nothing is written to outputs."""
-    from mountproc._cluster.client import PROFILER_ENV
+    from mountproc._cluster.client import worker_environ
     from mountproc._cluster.placement import member_command
     from mountproc._mounts.preflight import preflight_source
 
     preflight_source(resolved, job.readonly)
     cmd = member_command(resolved)
     log.info("running %s", " ".join(cmd))
-    env = {PROFILER_ENV: "False", **os.environ}  # see mountproc._cluster.client.NO_PROFILER
-    code = subprocess.run(cmd, env=env, check=False).returncode
+    code = subprocess.run(cmd, env={**worker_environ(), **os.environ}, check=False).returncode
     if code != 0:
         raise ClusterError(f"this member's Dask worker exited with code {code}")
     member = {

@@ -59,7 +59,7 @@ def worker(
     """
 
     def action() -> None:
-        from mountproc._cluster.client import PROFILER_ENV, TlsFiles, worker_command
+        from mountproc._cluster.client import TlsFiles, worker_command, worker_environ
 
         ca, cert, key = (Path(p) if p else None for p in (tls_ca_file, tls_cert, tls_key))
         try:
@@ -68,6 +68,6 @@ def worker(
             raise SettingsError(str(exc)) from None
         tls = TlsFiles(str(tls_ca_file), str(tls_cert), str(tls_key)) if secure else None
         cmd = worker_command(scheduler, nworkers, nthreads, name, tls, host, death_timeout)
-        become(cmd, {PROFILER_ENV: "False", **os.environ})  # see NO_PROFILER
+        become(cmd, {**worker_environ(), **os.environ})
 
     guarded(action)

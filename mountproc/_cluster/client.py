@@ -76,7 +76,13 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
             yield client
         return
     # for the cluster's whole life: a nanny restarting a worker reads this process's config
-    with dask.config.set({**NO_PROFILER, **_forked()}), quiet(), _local_cluster(opts) as client:
+    pre_spawn = warm.pre_spawn(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    with (
+        dask.config.set({**NO_PROFILER, "distributed.nanny.pre-spawn-environ": pre_spawn}),
+        dask.config.set(_forked()),
+        quiet(),
+        _local_cluster(opts) as client,
+    ):
         yield client
 
 
@@ -189,6 +195,14 @@ NO_PROFILER = {"distributed.worker.profile.enabled": False}
 it, it costs CPU, and on CPython 3.11 it can deadlock a worker whose code frees
 ``threading.local`` objects in reference cycles (gh-106883)."""
 PROFILER_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
+
+
+def worker_environ() -> dict[str, str]:
+    """What a ``dask worker`` process mountproc starts outside the embedded cluster (a worker
+    machine, a member, a batch job) sets unless its environment says otherwise: no profiler
+    (``NO_PROFILER``), glibc's thresholds (``warm.MALLOC``; the nanny's own setting gives way
+    to the environment's)."""
+    return {PROFILER_ENV: "False", **warm.MALLOC}
 
 
 def worker_command(

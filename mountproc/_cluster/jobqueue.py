@@ -17,7 +17,7 @@ from dask.utils import parse_timedelta
 from distributed import Client
 
 from mountproc._cluster.checks import check_versions
-from mountproc._cluster.client import CLOSE_TIMEOUT_S, NO_PROFILER, PROFILER_ENV, quiet
+from mountproc._cluster.client import CLOSE_TIMEOUT_S, NO_PROFILER, quiet, worker_environ
 from mountproc._cluster.stream import Poller
 from mountproc._errors import ClusterError, SettingsError
 
@@ -61,8 +61,9 @@ def _make(opts: BatchOptions) -> Any:
     """The cluster (its scheduler runs in this process); no job is submitted yet."""
     cls, section = cluster_class(opts.kind), f"jobqueue.{opts.kind}"
     prologue = list(dask.config.get(f"{section}.job-script-prologue", None) or [])
-    # see NO_PROFILER: the worker jobs do not read this process's config, only its environment
-    kwargs: dict[str, Any] = {"job_script_prologue": [*prologue, f"export {PROFILER_ENV}=False"]}
+    # the worker jobs do not read this process's config, only the environment: what is unset
+    exports = [f'export {k}="${{{k}:-{v}}}"' for k, v in worker_environ().items()]
+    kwargs: dict[str, Any] = {"job_script_prologue": [*prologue, *exports]}
     if opts.memory:
         kwargs["memory"] = opts.memory
     try:
@@ -188,7 +189,11 @@ class Replacer(Poller):
         # every job submitted and gone, also one whose worker left between two polls
         for job in sorted(missing & set(self._ids)):
             self._seen.pop(job, None)
-            log.warning("worker job %s (%s) left the cluster (cancelled, out of walltime, or "
-                        "its node failed): submitting a replacement", self._ids.pop(job), job)
+            log.warning(
+                "worker job %s (%s) left the cluster (cancelled, out of walltime, or "
+                "its node failed): submitting a replacement",
+                self._ids.pop(job),
+                job,
+            )
         if missing:
             await c._correct_state()

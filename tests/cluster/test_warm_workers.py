@@ -8,6 +8,7 @@ import json
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ def whoami(src: SourceFile, ctx: Context[object]) -> dict[str, bytes]:
         "parent": parent.decode(errors="replace"),
         "late": os.environ.get("MOUNTPROC_TEST_SET_LATE"),
         "omp": os.environ.get("OMP_NUM_THREADS"),
+        "mmap": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
         "preloaded": "mountproc._shard.worker" in sys.modules,
     }
     return {"seen.json": json.dumps(seen).encode()}
@@ -67,6 +69,7 @@ def test_workers_are_forked_warm_with_the_drivers_environment(
         assert record["preloaded"] is True
         assert record["late"] == "after the server started"
         assert record["omp"] == "1"  # the nanny's pre-spawn variable, as for a spawned worker
+        assert record["mmap"] == warm.MALLOC["MALLOC_MMAP_THRESHOLD_"]
     assert os.environ.get("MOUNTPROC_TEST_SET_LATE") == "after the server started"
 
 
@@ -80,3 +83,62 @@ def test_the_environment_a_forked_worker_lacks_is_named() -> None:
     assert "MOUNTPROC_TEST_CHANGED" not in warm.changed_environ()
     assert warm.matches(warm.PRE_SPAWN)
     assert not warm.matches({"OMP_NUM_THREADS": "8"})
+
+
+def _worker_environ(client: Any, name: str) -> list[str | None]:
+    return sorted(client.run(os.environ.get, name).values(), key=str)
+
+
+def _forked(client: Any) -> list[bool]:
+    parents = client.run(lambda: Path(f"/proc/{os.getppid()}/cmdline").read_bytes())
+    return [b"multiprocessing.forkserver" in p for p in parents.values()]
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize(("omp", "forked"), [("1", True), ("2", False)])
+def test_workers_get_mountprocs_glibc_thresholds(
+    monkeypatch: pytest.MonkeyPatch, omp: str, forked: bool
+) -> None:
+    """Forked, or spawned because the config asks the nanny for other variables, the embedded
+    workers run with ``warm.MALLOC``, not distributed's 64 KiB trim threshold alone."""
+    import dask
+
+    from mountproc._cluster.client import ClusterOptions, open_cluster
+
+    for name in [*warm.MALLOC, "OMP_NUM_THREADS"]:  # a nanny sets them in its parent too
+        monkeypatch.delenv(name, raising=False)
+    warm.warm_up()
+    pre_spawn = {"MALLOC_TRIM_THRESHOLD_": 65536, "OMP_NUM_THREADS": omp}
+    with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": pre_spawn}),
+        open_cluster(ClusterOptions(workers=2)) as client,
+    ):
+        assert _forked(client) == [forked] * 2
+        assert _worker_environ(client, "OMP_NUM_THREADS") == [omp] * 2
+        for name, value in warm.MALLOC.items():
+            assert _worker_environ(client, name) == [value] * 2
+
+
+@pytest.mark.cluster
+def test_a_trim_threshold_of_the_users_config_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dask
+
+    from mountproc._cluster.client import ClusterOptions, open_cluster
+
+    for name in warm.MALLOC:
+        monkeypatch.delenv(name, raising=False)
+    chosen = {"MALLOC_TRIM_THRESHOLD_": "1048576", "OMP_NUM_THREADS": "1"}
+    with (
+        dask.config.set({"distributed.nanny.pre-spawn-environ": chosen}),
+        open_cluster(ClusterOptions(workers=1)) as client,
+    ):
+        assert _worker_environ(client, "MALLOC_TRIM_THRESHOLD_") == ["1048576"]
+        assert _worker_environ(client, "MALLOC_MMAP_THRESHOLD_") == [None]
+
+
+def test_pre_spawn_replaces_only_distributeds_default_trim() -> None:
+    default = {"MALLOC_TRIM_THRESHOLD_": 65536, "OMP_NUM_THREADS": 1}
+    assert warm.pre_spawn(default) == {**default, **warm.MALLOC}
+    assert warm.pre_spawn({"OMP_NUM_THREADS": 1}) == {"OMP_NUM_THREADS": 1}
+    own_mmap = {"MALLOC_TRIM_THRESHOLD_": 65536, "MALLOC_MMAP_THRESHOLD_": 1 << 20}
+    assert warm.pre_spawn(own_mmap) == own_mmap
