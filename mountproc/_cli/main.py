@@ -3,6 +3,8 @@ modules beside this one."""
 
 from __future__ import annotations
 
+import atexit
+import gc
 import importlib
 import logging
 import os
@@ -60,6 +62,10 @@ def main(verbose: int, quiet: bool) -> None:
       mountproc plan jobs/resize_images.py --source /mnt/raw-images
       mountproc verify ./outputs
     """
+    # the collection at interpreter exit walks every object of Dask, pandas and pyarrow to
+    # free them in a process about to end: 0.2 s of a one-file run. Frozen objects are left
+    # to the exit; what was opened is closed by then, and atexit handlers still run
+    atexit.register(gc.freeze)
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
