@@ -7,6 +7,9 @@ subclasses). Everything else is private."""
 
 from __future__ import annotations
 
+import importlib as _importlib
+import typing as _typing
+
 from mountproc._errors import (
     ClusterError,
     DiskFullError,
@@ -28,13 +31,41 @@ from mountproc._errors import (
     WorkerMountError,
     WorkersLostError,
 )
-from mountproc._job import Context, Job, NoParams, Skip, SourceFile
-from mountproc._records import RunReport
 
 __version__ = "0.1.0"
 
-from mountproc._api import run  # after __version__, which the runner reads
-from mountproc._outputs.report import manifest
+_LAZY = {
+    "Context": "mountproc._job",
+    "Job": "mountproc._job",
+    "NoParams": "mountproc._job",
+    "Skip": "mountproc._job",
+    "SourceFile": "mountproc._job",
+    "RunReport": "mountproc._records",
+    "run": "mountproc._api",
+    "manifest": "mountproc._outputs.report",
+}
+"""Names imported on first use: ``mountproc --help`` needs none of them, and ``Job`` alone
+brings pydantic."""
+
+if _typing.TYPE_CHECKING:
+    from mountproc._api import run
+    from mountproc._job import Context, Job, NoParams, Skip, SourceFile
+    from mountproc._outputs.report import manifest
+    from mountproc._records import RunReport
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mountproc' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ClusterError",

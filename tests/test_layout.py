@@ -146,3 +146,13 @@ def test_a_command_imports_only_its_own_module(tmp_path: Path) -> None:
     assert "mountproc._cli.run" in loaded
     others = {"mountproc._cli.yaml_step", "mountproc._cli.check", "mountproc._cli.verify"}
     assert not loaded & {*others, "yaml", "mountproc._valohai.pipeline"}
+
+
+@pytest.mark.parametrize("code", ["import mountproc", HELP.format(args=["--help"])])
+def test_the_package_and_the_command_list_load_no_pydantic(code: str, tmp_path: Path) -> None:
+    """``mountproc --help`` lists the commands without importing any (``main.COMMANDS``), and
+    ``import mountproc`` imports ``Job`` and the rest when first used: neither loads pydantic,
+    which alone costs more than the interpreter's start."""
+    loaded = _loaded_after(code, tmp_path, modules=True)
+    assert not {m.split(".")[0] for m in loaded} & {"pydantic", "pydantic_settings"}
+    assert not {m for m in loaded if m.startswith("mountproc._cli.")} - {"mountproc._cli.main"}

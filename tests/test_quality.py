@@ -31,5 +31,9 @@ def test_static_checks(cmd: list[str]) -> None:
 def test_public_api_is_exactly_all() -> None:
     import mountproc
 
-    public = {n for n in vars(mountproc) if not n.startswith("_")} - {"annotations"}
+    public = {n for n in dir(mountproc) if not n.startswith("_")} - {"annotations"}
     assert public == set(mountproc.__all__) - {"__version__"}
+    for name in public:  # each imported on first use
+        assert getattr(mountproc, name).__module__.startswith("mountproc."), name
+    with pytest.raises(AttributeError, match="no attribute 'Jobs'"):
+        _ = mountproc.Jobs

@@ -15,17 +15,18 @@ import click
 from mountproc import __version__
 
 COMMANDS = {
-    "check": "check",
-    "plan": "plan",
-    "report": "report",
-    "run": "run",
-    "sample-data": "sample_data",
-    "try": "try_files",
-    "verify": "verify",
-    "worker": "worker",
-    "yaml": "yaml_step",
+    "check": ("check", "Check a job's settings and mounts, running nothing."),
+    "plan": ("plan", "List and shard a job's source; estimate the run."),
+    "report": ("report", "Why files failed, from a run's manifest."),
+    "run": ("run", "Run a job over its source into tars in outputs."),
+    "sample-data": ("sample_data", "Write a small tree of real sample images."),
+    "try": ("try_files", "Run a job on a few files here, publishing nothing."),
+    "verify": ("verify", "Check a run's tars against its metadata and manifest."),
+    "worker": ("worker", "Run Dask workers that join a run's scheduler."),
+    "yaml": ("yaml_step", "Print a valohai.yaml step for a job."),
 }
-"""Each command's module beside this one, which adds the command to ``main`` when imported."""
+"""Each command's module beside this one (which adds the command to ``main`` when imported)
+and its line in ``mountproc --help``, which lists the commands without importing them."""
 
 
 class LazyGroup(click.Group):
@@ -38,14 +39,18 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self.commands and cmd_name in COMMANDS:
-            importlib.import_module(f"mountproc._cli.{COMMANDS[cmd_name]}")
+            importlib.import_module(f"mountproc._cli.{COMMANDS[cmd_name][0]}")
         return super().get_command(ctx, cmd_name)
 
     def all_commands(self) -> dict[str, click.Command]:
         """Every command, each module imported."""
-        for module in COMMANDS.values():
+        for module, _ in COMMANDS.values():
             importlib.import_module(f"mountproc._cli.{module}")
         return dict(self.commands)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, line) for name, (_, line) in sorted(COMMANDS.items())])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
