@@ -79,6 +79,7 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
     pre_spawn = warm.pre_spawn(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     with (
         dask.config.set({**NO_PROFILER, "distributed.nanny.pre-spawn-environ": pre_spawn}),
+        dask.config.set(_slower_monitors()),
         dask.config.set(_forked()),
         quiet(),
         _local_cluster(opts) as client,
@@ -195,6 +196,24 @@ NO_PROFILER = {"distributed.worker.profile.enabled": False}
 it, it costs CPU, and on CPython 3.11 it can deadlock a worker whose code frees
 ``threading.local`` objects in reference cycles (gh-106883)."""
 PROFILER_ENV = "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"
+
+SLOWER_MONITORS = {
+    "distributed.admin.tick.interval": ("20ms", "1s"),
+    "distributed.admin.system-monitor.interval": ("500ms", "2s"),
+    "distributed.worker.memory.monitor-interval": ("100ms", "500ms"),
+}
+"""distributed's default and the embedded cluster's interval of what its processes do besides
+the work: the event loop's check for blocking, the dashboard's system plots, the nannies' and
+workers' memory checks. Each nanny reads its worker's memory ten times a second; on two cores,
+2,000 JPEGs took 0.3 s less wall (median of 6 pairs) and the driver 0.4 of 1.6 CPU-seconds
+less with these. A worker over its limit is still stopped within half a second."""
+
+
+def _slower_monitors() -> dict[str, str]:
+    """``SLOWER_MONITORS`` where the config has distributed's default (not the user's)."""
+    return {
+        k: ours for k, (default, ours) in SLOWER_MONITORS.items() if dask.config.get(k) == default
+    }
 
 
 def worker_environ() -> dict[str, str]:

@@ -142,3 +142,24 @@ def test_pre_spawn_replaces_only_distributeds_default_trim() -> None:
     assert warm.pre_spawn({"OMP_NUM_THREADS": 1}) == {"OMP_NUM_THREADS": 1}
     own_mmap = {"MALLOC_TRIM_THRESHOLD_": 65536, "MALLOC_MMAP_THRESHOLD_": 1 << 20}
     assert warm.pre_spawn(own_mmap) == own_mmap
+
+
+def _config(client: Any, key: str) -> list[object]:
+    import dask
+
+    return sorted(client.run(dask.config.get, key).values(), key=str)
+
+
+@pytest.mark.cluster
+def test_the_monitors_are_slower_unless_the_config_chose() -> None:
+    """The embedded cluster's workers check their event loop and memory at
+    ``SLOWER_MONITORS``' pace; an interval the user's config set is kept."""
+    import dask
+
+    from mountproc._cluster.client import SLOWER_MONITORS, ClusterOptions, open_cluster
+
+    tick, memory = "distributed.admin.tick.interval", "distributed.worker.memory.monitor-interval"
+    with dask.config.set({tick: "50ms"}), open_cluster(ClusterOptions(workers=2)) as client:
+        assert _config(client, tick) == ["50ms"] * 2
+        assert _config(client, memory) == [SLOWER_MONITORS[memory][1]] * 2
+    assert dask.config.get(memory) == SLOWER_MONITORS[memory][0]  # this process's is restored
