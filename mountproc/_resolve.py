@@ -19,6 +19,7 @@ from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
     PydanticBaseSettingsSource,
+    SettingsConfigDict,
 )
 
 from mountproc._errors import SettingsError
@@ -159,7 +160,11 @@ def _scheduler_from_file(settings: RunSettings) -> RunSettings:
 def _build(
     cli: Mapping[str, Any], vh: Mapping[str, Any], defaults: Mapping[str, Any]
 ) -> RunSettings:
-    class _Layered(RunSettings):
+    class _Layered(RunSettings, BaseSettings):
+        model_config = SettingsConfigDict(
+            env_prefix="MOUNTPROC_", populate_by_name=True, extra="forbid", frozen=True
+        )
+
         @classmethod
         def settings_customise_sources(
             cls,

@@ -10,15 +10,13 @@ from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
+    BaseModel,
     ByteSize,
+    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
-)
-from pydantic_settings import (
-    BaseSettings,
-    SettingsConfigDict,
 )
 
 from mountproc._errors import SettingsError
@@ -63,12 +61,12 @@ def setting_extra(name: str) -> dict[str, Any]:
     return dict(extra) if isinstance(extra, dict) else {}
 
 
-class RunSettings(BaseSettings):
-    """Every setting of ``mountproc run``, declared once (see ``_setting``)."""
+class RunSettings(BaseModel):
+    """Every setting of ``mountproc run``, declared once (see ``_setting``). Read from the
+    command line, the environment, Valohai and the job by ``_resolve``'s pydantic-settings
+    subclass: this declaration needs pydantic alone, which is all ``run --help`` imports."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="MOUNTPROC_", populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=True, defer_build=True)
 
     source: Path | None = _setting(None, "Source directory (default: the job's).", metavar="DIR")
     input: str | None = _setting(

@@ -156,3 +156,11 @@ def test_the_package_and_the_command_list_load_no_pydantic(code: str, tmp_path: 
     loaded = _loaded_after(code, tmp_path, modules=True)
     assert not {m.split(".")[0] for m in loaded} & {"pydantic", "pydantic_settings"}
     assert not {m for m in loaded if m.startswith("mountproc._cli.")} - {"mountproc._cli.main"}
+
+
+def test_run_help_needs_pydantic_but_not_pydantic_settings(tmp_path: Path) -> None:
+    """``run --help`` makes its options from the settings' declaration (pydantic alone);
+    reading them from the environment and Valohai (pydantic-settings) waits for a run."""
+    loaded = _loaded_after(HELP.format(args=["run", "--help"]), tmp_path)
+    assert "pydantic" in loaded
+    assert "pydantic_settings" not in loaded

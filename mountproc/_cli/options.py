@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import click
-from pydantic.fields import FieldInfo
 
 from mountproc._errors import MountprocError, SettingsError
-from mountproc._job import Job
-from mountproc._jobfile import job_ref
-from mountproc._records import JobRef
-from mountproc._resolve import ResolvedRun, resolve
 from mountproc._settings import RunSettings, setting_extra
+
+if typing.TYPE_CHECKING:  # the rest is imported where used: --help needs none of it
+    from pydantic.fields import FieldInfo
+
+    from mountproc._job import Job
+    from mountproc._records import JobRef
+    from mountproc._resolve import ResolvedRun
 
 EXTRA = {"ignore_unknown_options": True, "allow_extra_args": True}
 """Commands that take a job file also take its parameters as ``--NAME=VALUE``."""
@@ -114,6 +116,9 @@ def load(
     job_file: str, ctx: click.Context, values: dict[str, Any]
 ) -> tuple[JobRef, Job, ResolvedRun]:
     """The job file, its job, and every setting and parameter resolved (``check``, ``plan``)."""
+    from mountproc._jobfile import job_ref
+    from mountproc._resolve import resolve
+
     ref, job = job_ref(job_file)
     params = job_params(job, values.get("param_pairs") or (), ctx.args)
     return ref, job, resolve(job, cli_settings(values), params, os.environ)
@@ -125,6 +130,8 @@ class JobCommand(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if any(a in ("--help", "-h") for a in args):
+            from mountproc._jobfile import job_ref
+
             job_file = next((a for a in args if a.endswith(".py") and Path(a).is_file()), None)
             # a broken job file: the help without its parameters
             with contextlib.suppress(MountprocError):

@@ -9,13 +9,11 @@ from typing import Any
 
 import click
 
-from mountproc._api import run as run_job
 from mountproc._cli.guard import guarded
 from mountproc._cli.main import main
 from mountproc._cli.options import EXTRA, JobCommand, cli_settings, job_params, run_options
 from mountproc._cli.progress import Progress, final_metrics, summary_table
 from mountproc._errors import MountprocError, RunInterrupted
-from mountproc._jobfile import job_ref
 
 
 @main.command(cls=JobCommand, context_settings=EXTRA)
@@ -33,6 +31,9 @@ def run(ctx: click.Context, /, job_file: str, **values: Any) -> None:
     """
 
     def action() -> None:
+        from mountproc._api import run as run_job  # not for --help
+        from mountproc._jobfile import job_ref
+
         _, job = job_ref(job_file)
         params = job_params(job, values.get("param_pairs") or (), ctx.args)
         progress = Progress(live=sys.stdout.isatty())
