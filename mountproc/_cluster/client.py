@@ -78,8 +78,9 @@ def open_cluster(opts: ClusterOptions) -> Iterator[Client]:
     # for the cluster's whole life: a nanny restarting a worker reads this process's config
     pre_spawn = warm.pre_spawn(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
     with (
-        dask.config.set({**NO_PROFILER, "distributed.nanny.pre-spawn-environ": pre_spawn}),
-        dask.config.set(_slower_monitors()),
+        dask.config.set(
+            {**NO_PROFILER, **_slower_monitors(), "distributed.nanny.pre-spawn-environ": pre_spawn}
+        ),
         dask.config.set(_forked()),
         quiet(),
         _local_cluster(opts) as client,

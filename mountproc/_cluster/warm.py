@@ -61,9 +61,8 @@ _environ: dict[str, str] = {}
 def pre_spawn(configured: Mapping[str, object]) -> dict[str, object]:
     """The embedded cluster's ``distributed.nanny.pre-spawn-environ`` given the config's:
     ``MALLOC`` in place of distributed's trim threshold, unless the config chose its own."""
-    if str(configured.get("MALLOC_TRIM_THRESHOLD_")) != DASK_TRIM:
-        return dict(configured)
-    if any(k in configured for k in MALLOC if k != "MALLOC_TRIM_THRESHOLD_"):
+    chosen = str(configured.get("MALLOC_TRIM_THRESHOLD_")) != DASK_TRIM
+    if chosen or "MALLOC_MMAP_THRESHOLD_" in configured:
         return dict(configured)
     return {**configured, **MALLOC}
 
