@@ -22,15 +22,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import bench_listing
+from benchmarks import bench_listing, relay
 from benchmarks.bench_pool import count_images, pool_command
 from benchmarks.common import (
-    REPO,
     Comparison,
     Config,
     at_most,
@@ -54,7 +52,6 @@ from benchmarks.trees import LISTING, SMOKE, ensure_tree
 log = logging.getLogger(__name__)
 
 DELAY_MS = 0.5
-RELAY = REPO / "benchmarks" / "relay.py"
 WHERE = f"sshfs with {DELAY_MS:g} ms latency each way"
 E2E_NAME, E2E_TARGET = f"end to end, {WHERE}", 0.7
 HIDDEN_NAME, HIDDEN_TARGET = f"latency hidden, {WHERE} vs none", 1.15
@@ -62,9 +59,10 @@ LISTING_TARGET = 0.5  # at least 2x faster than find
 POOL, OURS = "multiprocessing.Pool script", "mountproc run"
 
 
-def relay_option(delay_ms: float = DELAY_MS) -> str:
+def relay_option(cfg: Config, delay_ms: float = DELAY_MS) -> str:
     """The sshfs option that sends ssh through the relay (no comma: sshfs splits on them)."""
-    return f"ProxyCommand={sys.executable} {RELAY} --delay-ms {delay_ms:g} %h %p"
+    program = " ".join(relay.command(cfg.work / "bin")[0])
+    return f"ProxyCommand={program} --delay-ms {delay_ms:g} %h %p"
 
 
 @contextlib.contextmanager
@@ -72,7 +70,7 @@ def relayed_mount(cfg: Config, export: Path, name: str, delay_ms: float | None) 
     """``export`` mounted read-only by sshfs over an sshd on 127.0.0.1, through the relay with
     ``delay_ms`` each way (None: directly); yields the mount point, unmounts on exit."""
     netfs = tests_netfs()
-    extra = [] if delay_ms is None else [relay_option(delay_ms)]
+    extra = [] if delay_ms is None else [relay_option(cfg, delay_ms)]
     control = fresh_dir(cfg.work / "sshfs" / name)
     mountpoint = cfg.work / "mnt" / name
     with netfs.SshfsMount.start(export, mountpoint, control, extra_options=extra) as mount:
@@ -138,7 +136,8 @@ def _end_to_end(cfg: Config, data: Path, e2e: Comparison, hidden: Comparison) ->
     e2e.checks["every file processed"] = sum(n.endswith(".jpg") for n in ours) == images
     hidden.checks["same samples"] = plain == ours
     common = f"{cache_note(cfg)}; a fresh sshfs mount (default caches) for every run"
-    e2e.note = f"{images} JPEGs; {text}; {common}; {os.cpu_count()} processes / local workers"
+    e2e.note = f"through {relay.command(cfg.work / 'bin')[1]}; "
+    e2e.note += f"{images} JPEGs; {text}; {common}; {os.cpu_count()} processes / local workers"
     hidden.note = f"same runs as the row above; {images} JPEGs; {common}"
 
 
@@ -161,7 +160,9 @@ def _listing(cfg: Config, name: str) -> Comparison:
         tree = ensure_tree(cfg.work, spec)
         mount = lambda: relayed_mount(cfg, tree, "latency-listing", DELAY_MS)  # noqa: E731
         runs = bench_listing.measure(cfg, "latency", mount, warm=False)
-        note = f"a fresh relayed mount (default caches) per timed run; listed {runs.lister}"
+        through = relay.command(cfg.work / "bin")[1]
+        note = f"through {through}; a fresh relayed mount (default caches) per timed run; "
+        note += f"listed {runs.lister}"
         main, ref = bench_listing.comparisons(runs, WHERE, ("find", LISTING_TARGET), note)
         main.name = cmp.name
         main.note += f"; against find -printf (a stat per file): {ref.ratio:.3f}"

@@ -10,6 +10,10 @@ throughput stays that of the link, only the latency grows, as on a long but wide
     ssh -o 'ProxyCommand=python benchmarks/relay.py --delay-ms 0.5 %h %p' ...
 
 It exits when either side closes (after passing on what it holds) or fails.
+
+``relay.c`` is the same relay compiled; ``command`` builds it where a C compiler is found (the
+benchmarks use it: this Python relay spends CPU on the same cores as the run it measures, which a
+real network's latency does not).
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ import argparse
 import contextlib
 import os
 import queue
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 CHUNK = 256 * 1024
+SOURCE = Path(__file__).with_name("relay.c")
 
 Read = Callable[[int], bytes]
 Write = Callable[[bytes], object]
@@ -105,6 +113,25 @@ def relay(host: str, port: int, delay: float, stdin: int = 0, stdout: int = 1) -
     lines[1].done.wait()
     lines[0].done.wait(timeout=delay + 1.0)
     sock.close()
+
+
+def command(build_dir: Path) -> tuple[list[str], str]:
+    """The relay's command (without its arguments) and which one it is: ``relay.c`` compiled
+    into ``build_dir`` (again when the source is newer) where ``cc`` is found and compiles it,
+    else this script."""
+    python = [sys.executable, str(Path(__file__).resolve())]
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return python, "the Python relay (no C compiler found)"
+    binary = build_dir / "relay"
+    if not binary.exists() or binary.stat().st_mtime < SOURCE.stat().st_mtime:
+        build_dir.mkdir(parents=True, exist_ok=True)
+        building = [cc, "-O2", "-pthread", "-o", str(binary), str(SOURCE)]
+        done = subprocess.run(building, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            why = done.stderr.strip().splitlines()[-1:] or ["failed"]
+            return python, f"the Python relay (relay.c did not compile: {why[0]})"
+    return [str(binary)], "the compiled relay (relay.c)"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

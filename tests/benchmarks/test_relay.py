@@ -1,5 +1,6 @@
-"""The latency relay (``benchmarks/relay.py``): every round trip through it costs at least twice
-its delay, yet chunks in flight are not serialised behind each other's delays."""
+"""The latency relays (``benchmarks/relay.py`` and its compiled twin ``relay.c``): every round
+trip through one costs at least twice its delay, yet chunks in flight are not serialised behind
+each other's delays."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from helpers import REPO
 
-RELAY = REPO / "benchmarks" / "relay.py"
+from benchmarks import relay
+
 DELAY_MS = 20.0
 TIMEOUT_S = 10.0
 
@@ -40,11 +41,22 @@ def echo_server() -> Iterator[int]:
         assert not thread.is_alive(), "the echo server did not see the relay close"
 
 
+@pytest.fixture(scope="module", params=["python", "compiled"])
+def program(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """The relay's command: the Python script, or ``relay.c`` built as the benchmarks build it."""
+    if request.param == "python":
+        return [sys.executable, str(relay.SOURCE.with_suffix(".py"))]
+    command, which = relay.command(tmp_path_factory.mktemp("relay"))
+    if command[0] == sys.executable:
+        pytest.skip(f"no compiled relay here: {which}")
+    return command
+
+
 @contextmanager
-def relayed(delay_ms: float) -> Iterator[subprocess.Popen[bytes]]:
+def relayed(program: list[str], delay_ms: float) -> Iterator[subprocess.Popen[bytes]]:
     """The relay as ssh runs it (a ProxyCommand: stdin and stdout) to an echo server."""
     with echo_server() as port:
-        cmd = [sys.executable, str(RELAY), "--delay-ms", str(delay_ms), "127.0.0.1", str(port)]
+        cmd = [*program, "--delay-ms", str(delay_ms), "127.0.0.1", str(port)]
         with subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0
         ) as proc:
@@ -77,8 +89,8 @@ def round_trip(proc: subprocess.Popen[bytes], message: bytes) -> float:
 
 
 @pytest.mark.parametrize("delay_ms", [0.0, DELAY_MS])
-def test_a_round_trip_takes_at_least_twice_the_delay(delay_ms: float) -> None:
-    with relayed(delay_ms) as proc:
+def test_a_round_trip_takes_at_least_twice_the_delay(program: list[str], delay_ms: float) -> None:
+    with relayed(program, delay_ms) as proc:
         round_trip(proc, b"warm-up")
         times = [round_trip(proc, b"ping %d" % i) for i in range(10)]
     seconds = statistics.median(times)
@@ -87,11 +99,11 @@ def test_a_round_trip_takes_at_least_twice_the_delay(delay_ms: float) -> None:
         assert seconds < DELAY_MS / 1000
 
 
-def test_chunks_in_flight_overlap_their_delays() -> None:
+def test_chunks_in_flight_overlap_their_delays(program: list[str]) -> None:
     # 40 messages written 2 ms apart: each is a chunk of its own; a relay sleeping per chunk
     # would take 40 x 2 x 20 ms for the last echo, an overlapping one about 40 x 2 + 2 x 20 ms
     messages = [b"message %02d;" % i for i in range(40)]
-    with relayed(DELAY_MS) as proc:
+    with relayed(program, DELAY_MS) as proc:
         assert proc.stdin is not None
         start = time.perf_counter()
         for message in messages:
@@ -102,9 +114,9 @@ def test_chunks_in_flight_overlap_their_delays() -> None:
     assert seconds < len(messages) * 2 * DELAY_MS / 1000 / 2
 
 
-def test_bulk_bytes_pass_intact_at_speed() -> None:
+def test_bulk_bytes_pass_intact_at_speed(program: list[str]) -> None:
     blob = bytes(range(256)) * 4096 * 8  # 8 MiB
-    with relayed(DELAY_MS) as proc:
+    with relayed(program, DELAY_MS) as proc:
         assert proc.stdin is not None
         start = time.perf_counter()
         writer = threading.Thread(target=proc.stdin.write, args=(blob,))
@@ -113,3 +125,25 @@ def test_bulk_bytes_pass_intact_at_speed() -> None:
         writer.join(timeout=TIMEOUT_S)
         seconds = time.perf_counter() - start
     assert seconds < 5.0  # at 256 KiB per 20 ms chunk, serially, it would take 1.3 s at least
+
+
+def test_the_server_closing_ends_the_relay_after_what_it_sent(program: list[str]) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(TIMEOUT_S)
+    port = listener.getsockname()[1]
+    cmd = [*program, "--delay-ms", str(DELAY_MS), "127.0.0.1", str(port)]
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE) as proc:
+        with listener, listener.accept()[0] as conn:
+            conn.sendall(b"last words")
+        assert proc.stdout is not None
+        assert proc.stdout.read() == b"last words"  # then the end of its output
+        assert proc.wait(timeout=TIMEOUT_S) == 0
+
+
+def test_an_unreachable_server_is_one_line_and_a_failure(program: list[str]) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+    cmd = [*program, "127.0.0.1", str(port)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+    assert done.returncode != 0
+    assert "refused" in done.stderr.lower()
