@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -82,31 +83,53 @@ static void *reader(void *arg) {
     return NULL;
 }
 
-static int write_all(int fd, const char *p, size_t len) {
-    while (len) {
-        ssize_t n = write(fd, p, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return -1;
-        p += n;
-        len -= (size_t)n;
+/* Every chunk due by now, up to BATCH of them, taken off the queue at once (one write for all) */
+#define BATCH 64
+
+static int take_due(struct line *l, struct chunk **out) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    int n = 0;
+    pthread_mutex_lock(&l->lock);
+    while (!l->head) pthread_cond_wait(&l->ready, &l->lock);
+    out[n++] = l->head; /* the first is taken even if not yet due: the writer sleeps until it is */
+    for (struct chunk *c = l->head->next; c && n < BATCH && c->len; c = c->next) {
+        if (c->due.tv_sec > now.tv_sec || (c->due.tv_sec == now.tv_sec && c->due.tv_nsec > now.tv_nsec))
+            break;
+        out[n++] = c;
+    }
+    l->head = out[n - 1]->next;
+    if (!l->head) l->tail = NULL;
+    pthread_mutex_unlock(&l->lock);
+    return n;
+}
+
+static int write_chunks(int fd, struct chunk **chunks, int n) {
+    struct iovec iov[BATCH];
+    int first = 0;
+    for (int i = 0; i < n; i++) iov[i] = (struct iovec){chunks[i]->data, chunks[i]->len};
+    while (first < n) {
+        ssize_t done = writev(fd, iov + first, n - first);
+        if (done < 0 && errno == EINTR) continue;
+        if (done <= 0) return -1;
+        while (first < n && (size_t)done >= iov[first].iov_len) done -= (ssize_t)iov[first++].iov_len;
+        if (first < n) {
+            iov[first].iov_base = (char *)iov[first].iov_base + done;
+            iov[first].iov_len -= (size_t)done;
+        }
     }
     return 0;
 }
 
 static void *writer(void *arg) {
     struct line *l = arg;
-    for (;;) {
-        pthread_mutex_lock(&l->lock);
-        while (!l->head) pthread_cond_wait(&l->ready, &l->lock);
-        struct chunk *c = l->head;
-        l->head = c->next;
-        if (!l->head) l->tail = NULL;
-        pthread_mutex_unlock(&l->lock);
-        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &c->due, NULL) == EINTR) {}
-        size_t len = c->len;
-        int failed = len && write_all(l->out, c->data, len) != 0;
-        free(c);
-        if (!len || failed) break;
+    struct chunk *chunks[BATCH];
+    for (int end = 0; !end;) {
+        int n = take_due(l, chunks);
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &chunks[0]->due, NULL) == EINTR) {}
+        end = chunks[0]->len == 0; /* the end comes alone: it is never batched after data */
+        if (!end && write_chunks(l->out, chunks, n) != 0) end = 1;
+        for (int i = 0; i < n; i++) free(chunks[i]);
     }
     if (l->out_is_socket) shutdown(l->out, SHUT_WR); else close(l->out);
     pthread_mutex_lock(&done_lock);
