@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import queue
 import shutil
@@ -32,7 +33,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 CHUNK = 256 * 1024
-SOURCE = Path(__file__).with_name("relay.c")
+SCRIPT = Path(__file__).resolve()
+SOURCE = SCRIPT.with_name("relay.c")
 
 Read = Callable[[int], bytes]
 Write = Callable[[bytes], object]
@@ -115,11 +117,12 @@ def relay(host: str, port: int, delay: float, stdin: int = 0, stdout: int = 1) -
     sock.close()
 
 
+@functools.cache
 def command(build_dir: Path) -> tuple[list[str], str]:
     """The relay's command (without its arguments) and which one it is: ``relay.c`` compiled
     into ``build_dir`` (again when the source is newer) where ``cc`` is found and compiles it,
-    else this script."""
-    python = [sys.executable, str(Path(__file__).resolve())]
+    else this script. Looked up once per directory: every relayed mount asks."""
+    python = [sys.executable, str(SCRIPT)]
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         return python, "the Python relay (no C compiler found)"

@@ -45,7 +45,7 @@ def echo_server() -> Iterator[int]:
 def program(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     """The relay's command: the Python script, or ``relay.c`` built as the benchmarks build it."""
     if request.param == "python":
-        return [sys.executable, str(relay.SOURCE.with_suffix(".py"))]
+        return [sys.executable, str(relay.SCRIPT)]
     command, which = relay.command(tmp_path_factory.mktemp("relay"))
     if command[0] == sys.executable:
         pytest.skip(f"no compiled relay here: {which}")
