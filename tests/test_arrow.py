@@ -10,9 +10,10 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from helpers import clean_env
+from helpers import RESIZE_JOB, clean_env
 
 from mountproc import _arrow as arrow
+from mountproc._demo_data import make_demo_tree
 
 CASES: list[tuple[list[Any], pa.DataType]] = [
     (["a", "é", None, ""], pa.string()),
@@ -90,3 +91,32 @@ def test_the_driver_writes_its_parquet_files_without_pandas(tmp_path: Path) -> N
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False"]
+
+
+POOL_AT_EXIT = """
+import atexit, runpy, sys
+import pyarrow as pa
+atexit.register(lambda: print("pool:", pa.default_memory_pool().backend_name))
+sys.argv = ["mountproc", *sys.argv[1:]]
+runpy.run_module("mountproc", run_name="__main__")
+"""
+
+
+@pytest.mark.skipif(
+    "jemalloc" not in pa.supported_memory_backends(), reason="this pyarrow has no jemalloc"
+)
+@pytest.mark.parametrize(("chosen", "expected"), [(None, "jemalloc"), ("system", "system")])
+def test_the_driver_lists_on_jemalloc_unless_the_user_chose_a_pool(
+    tmp_path: Path, chosen: str | None, expected: str
+) -> None:
+    """``mountproc plan`` (the driver's listing and sharding) ends on jemalloc, or on the pool
+    that ``ARROW_DEFAULT_MEMORY_POOL`` names."""
+    make_demo_tree(tmp_path / "src", count=12)
+    env = clean_env()
+    env.pop(arrow.POOL_VARIABLE, None)
+    if chosen:
+        env[arrow.POOL_VARIABLE] = chosen
+    cmd = [sys.executable, "-c", POOL_AT_EXIT, "plan", str(RESIZE_JOB), "--source", "src"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == f"pool: {expected}"

@@ -331,7 +331,7 @@ def write_listing(
             while len(pending) >= BATCH_ROWS:
                 stats = _write(writer, pending.take(BATCH_ROWS), stats)
         stats = _write(writer, pending, stats)
-    pa.default_memory_pool().release_unused()  # mimalloc (the usual pool) keeps what was freed
+    pa.default_memory_pool().release_unused()  # a pool may keep what was freed
     log.info("listed %d entries under %s: %d files to process", stats.entries, root, stats.eligible)
     return stats
 
