@@ -18,6 +18,7 @@ import os
 import tarfile
 import uuid
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -64,32 +65,31 @@ def header(name: str, size: int) -> bytes:
 
 
 class _Digests:
-    """The sha256 and md5 of a stream, updated on a thread of its own (hashlib lets go of the
-    GIL), in order; at most ``UNHASHED_MAX`` bytes wait for it."""
+    """The sha256 and md5 of a stream, each updated in order on a thread of its own (hashlib lets
+    go of the GIL): md5 alone takes longer than writing a tar of large files, and both on one
+    thread made packing 200 MB take 1.7x GNU tar's time. At most ``UNHASHED_MAX`` bytes wait."""
 
     def __init__(self) -> None:
         self.sha = hashlib.sha256()
         self.md5 = hashlib.md5(usedforsecurity=False)  # what wids checks a shard by
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="tar-hash")
-        self._pending: deque[tuple[Future[None], int]] = deque()
+        self._pools = [ThreadPoolExecutor(1, thread_name_prefix="tar-hash") for _ in range(2)]
+        self._pending: deque[tuple[list[Future[None]], int]] = deque()
         self._waiting = 0
 
     def feed(self, pieces: list[bytes], size: int) -> None:
         """Hash ``pieces`` after everything fed before."""
-        self._pending.append((self._pool.submit(self._update, pieces), size))
+        updates = zip(self._pools, (self.sha.update, self.md5.update), strict=True)
+        futures = [pool.submit(_each, update, pieces) for pool, update in updates]
+        self._pending.append((futures, size))
         self._waiting += size
         while self._waiting > UNHASHED_MAX:
             self._wait_one()
 
-    def _update(self, pieces: list[bytes]) -> None:
-        for piece in pieces:
-            self.sha.update(piece)
-            self.md5.update(piece)
-
     def _wait_one(self) -> None:
-        future, size = self._pending.popleft()
+        futures, size = self._pending.popleft()
         self._waiting -= size
-        future.result()
+        for future in futures:
+            future.result()
 
     def wait(self) -> None:
         """Return once everything fed is hashed."""
@@ -97,8 +97,14 @@ class _Digests:
             self._wait_one()
 
     def stop(self) -> None:
-        """End the thread; what was fed but not hashed yet is not hashed."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """End the threads; what was fed but not hashed yet is not hashed."""
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _each(update: Callable[[bytes], None], pieces: list[bytes]) -> None:
+    for piece in pieces:
+        update(piece)
 
 
 class TarBuilder:
