@@ -64,6 +64,8 @@ import sys, time
 from dataclasses import replace
 from pathlib import Path
 import mountproc._cli  # everything a `mountproc run` process imports
+from mountproc._cli.main import arrow_pool
+arrow_pool()  # what the CLI does before any command
 import mountproc._runner
 from functools import partial
 from mountproc._jobfile import load_job, read_job_file

@@ -6,8 +6,6 @@ mountproc's Parquet files hold (strings, bytes, integers, booleans, lists of str
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Collection, Mapping, Sequence, Sized
 from typing import Any
 
@@ -15,19 +13,6 @@ import numpy as np
 import pyarrow as pa
 
 _INTEGERS = {pa.int64(): np.int64, pa.int32(): np.int32}
-POOL_VARIABLE = "ARROW_DEFAULT_MEMORY_POOL"
-
-
-def use_driver_pool() -> None:
-    """Make jemalloc this process's Arrow memory pool, where pyarrow has it and the user chose no
-    pool (``ARROW_DEFAULT_MEMORY_POOL``). The driver streams the listing through Arrow a batch at
-    a time; with mimalloc, Arrow's usual pool, the pages a batch freed stay resident for a while:
-    sharding 10,000,000 files peaked 86 MB above where it began although Arrow itself never held
-    more than 17 MB. jemalloc peaked 47 MB above, at the same speed."""
-    if os.environ.get(POOL_VARIABLE):
-        return
-    with contextlib.suppress(NotImplementedError):  # a pyarrow built without jemalloc
-        pa.set_memory_pool(pa.jemalloc_memory_pool())
 
 
 def array(values: Collection[Any], type: pa.DataType) -> pa.Array:

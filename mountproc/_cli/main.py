@@ -29,6 +29,22 @@ COMMANDS = {
 and its line in ``mountproc --help``, which lists the commands without importing them."""
 
 
+ARROW_POOL = "ARROW_DEFAULT_MEMORY_POOL"
+
+
+def arrow_pool() -> None:
+    """Have pyarrow allocate from jemalloc in a mountproc process, unless the user chose a pool.
+
+    The driver streams the listing and the plan through Arrow a batch at a time. On mimalloc,
+    Arrow's usual pool, the pages each batch freed stayed resident: sharding a 10,000,000-file
+    listing peaked 86 MB above where it began while Arrow never held more than 17 MB, and
+    ``mountproc plan`` took 160 MB on 100,000 files, 194 MB on 10,000,000. On jemalloc: 133 and
+    152 MB, at the same speed. pyarrow reads the variable when it is imported, so it is set
+    before any command runs; Linux only (pyarrow's Linux wheels have jemalloc)."""
+    if sys.platform == "linux":
+        os.environ.setdefault(ARROW_POOL, "jemalloc")
+
+
 class LazyGroup(click.Group):
     """A group that imports a command's module only when that command is asked for: ``mountproc
     run`` does not import what ``yaml``, ``check`` or ``verify`` need (click's recipe for
@@ -38,6 +54,7 @@ class LazyGroup(click.Group):
         return sorted(COMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        arrow_pool()  # before the command's module may import pyarrow
         if cmd_name not in self.commands and cmd_name in COMMANDS:
             importlib.import_module(f"mountproc._cli.{COMMANDS[cmd_name][0]}")
         return super().get_command(ctx, cmd_name)

@@ -10,7 +10,6 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
-from mountproc._arrow import use_driver_pool
 from mountproc._errors import MountError
 from mountproc._job import DEFAULT_EXCLUDES, Job
 from mountproc._listing.inputs import write_input_listing
@@ -33,7 +32,6 @@ def list_and_shard(
 ) -> tuple[Plan, int]:
     """List the source into ``listing`` and shard it into ``plan_path``; return the plan and
     the number of entries listed (``run`` and ``plan`` share this)."""
-    use_driver_pool()
     stats = list_source(job, run, listing, lister)
     bounds = ShardBounds(run.settings.shard_max_files, int(run.settings.shard_max_bytes))
     plan = write_plan(listing, plan_path, bounds)
