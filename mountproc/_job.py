@@ -39,7 +39,7 @@ _DATASET_RE = re.compile(r"^dataset://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Z
 class NoParams(BaseModel):
     """The parameters of a job that declares none."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built when a job is loaded
 
 
 class Skip(Exception):

@@ -130,12 +130,12 @@ class JobCommand(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         if any(a in ("--help", "-h") for a in args):
-            from mountproc._jobfile import job_ref
-
             job_file = next((a for a in args if a.endswith(".py") and Path(a).is_file()), None)
-            # a broken job file: the help without its parameters
-            with contextlib.suppress(MountprocError):
-                if job_file is not None:
+            if job_file is not None:  # loading a job imports more than the bare help needs
+                from mountproc._jobfile import job_ref
+
+                # a broken job file: the help without its parameters
+                with contextlib.suppress(MountprocError):
                     ctx.meta["mountproc.job"] = job_ref(job_file)[1]
         return super().parse_args(ctx, args)
 
