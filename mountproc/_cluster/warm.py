@@ -28,8 +28,14 @@ from multiprocessing import forkserver
 log = logging.getLogger(__name__)
 
 METHOD = "forkserver"
-PRELOAD = ("distributed", "mountproc._cluster.feed", "mountproc._shard.worker")
-"""What every worker imports before its first shard (never pyarrow or pandas: workers don't)."""
+PRELOAD = (
+    "mountproc._cluster.server_exit",
+    "distributed",
+    "mountproc._cluster.feed",
+    "mountproc._shard.worker",
+)
+"""What every worker imports before its first shard (never pyarrow or pandas: workers don't),
+after ``server_exit``, which makes the server itself exit without tearing those down."""
 
 DASK_TRIM = "65536"
 """The glibc trim threshold of distributed's default ``distributed.nanny.pre-spawn-environ``."""

@@ -163,3 +163,65 @@ def test_the_monitors_are_slower_unless_the_config_chose() -> None:
         assert _config(client, tick) == ["50ms"] * 2
         assert _config(client, memory) == [SLOWER_MONITORS[memory][1]] * 2
     assert dask.config.get(memory) == SLOWER_MONITORS[memory][0]  # this process's is restored
+
+
+PROBE = """
+import atexit, os
+
+_fd = os.open({marks!r}, os.O_WRONLY | os.O_APPEND)
+atexit.register(os.write, _fd, b"atexit ran\\n")
+
+
+class _Teardown:
+    def __del__(self, write=os.write, fd=_fd):
+        write(fd, b"teardown ran\\n")
+
+
+_teardown = _Teardown()
+"""
+
+DRIVER = """
+import sys
+from mountproc._cluster import warm
+
+warm.PRELOAD = (*warm.PRELOAD, "mountproc_test_probe")
+warm.warm_up()
+from multiprocessing import forkserver
+
+forkserver.ensure_running()  # the server has preloaded once it answers
+print("server", forkserver._forkserver._forkserver_pid, flush=True)
+"""
+
+
+def test_the_fork_server_exits_without_tearing_down_what_it_imported(tmp_path: Path) -> None:
+    """The server keeps the driver's stdout and stderr until it ends: with Dask imported, its
+    interpreter teardown held a pipe reading the run's output open for a fifth of a second
+    after the run ended. It runs its exit handlers, then leaves without the teardown."""
+    import subprocess
+    import sys
+
+    marks = tmp_path / "marks"
+    marks.touch()
+    (tmp_path / "mountproc_test_probe.py").write_text(PROBE.format(marks=str(marks)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    # the pipe reaches its end once every holder, the server among them, has exited
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("server "), done.stdout
+    assert marks.read_text().splitlines() == ["atexit ran"]
+
+
+def test_only_the_fork_server_imports_its_exit() -> None:
+    """In the driver or a worker, ``server_exit``'s handler would cut an exit with work left."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, mountproc._runner, mountproc._cli.run, mountproc._cluster.feed; "
+        "print('mountproc._cluster.server_exit' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "False", done.stderr
+    assert warm.PRELOAD[0] == "mountproc._cluster.server_exit"  # first: its handler runs last
