@@ -112,6 +112,30 @@ def job_params(job: Job, pairs: Sequence[str], extra: Sequence[str]) -> dict[str
     return params
 
 
+CLUSTER_SETTINGS = ("scheduler", "scheduler_file", "cluster")
+"""The settings that give a run a cluster of its own instead of the embedded one."""
+
+
+def names_a_cluster(values: dict[str, Any], environ: dict[str, str]) -> bool:
+    """Whether the command line, the environment (under any of the settings' names) or
+    Valohai's parameters may give the run a cluster: read before the job and the settings
+    load, to know early whether the embedded cluster's workers can start warming up. A
+    parameters file that cannot be read counts as one that does (the run reports it)."""
+    from mountproc._valohai.environment import read_parameters
+
+    try:
+        valohai = read_parameters(environ)
+    except SettingsError:
+        return True
+    given = {k.lower() for k, v in environ.items() if v}  # as pydantic-settings reads them
+    for name in CLUSTER_SETTINGS:
+        alias = RunSettings.model_fields[name].validation_alias
+        names = getattr(alias, "choices", [f"MOUNTPROC_{name}"])
+        if values.get(name) or valohai.get(name) or given & {str(n).lower() for n in names}:
+            return True
+    return False
+
+
 def load(
     job_file: str, ctx: click.Context, values: dict[str, Any]
 ) -> tuple[JobRef, Job, ResolvedRun]:

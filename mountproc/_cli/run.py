@@ -3,6 +3,7 @@ summary table."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,14 @@ import click
 
 from mountproc._cli.guard import guarded
 from mountproc._cli.main import main
-from mountproc._cli.options import EXTRA, JobCommand, cli_settings, job_params, run_options
+from mountproc._cli.options import (
+    EXTRA,
+    JobCommand,
+    cli_settings,
+    job_params,
+    names_a_cluster,
+    run_options,
+)
 from mountproc._cli.progress import Progress, final_metrics, summary_table
 from mountproc._errors import MountprocError, RunInterrupted
 
@@ -31,6 +39,10 @@ def run(ctx: click.Context, /, job_file: str, **values: Any) -> None:
     """
 
     def action() -> None:
+        if not names_a_cluster(values, dict(os.environ)):
+            from mountproc._cluster import warm
+
+            warm.warm_up()  # the embedded cluster's workers import while the job and Dask load
         from mountproc._api import run as run_job  # not for --help
         from mountproc._jobfile import job_ref
 
