@@ -15,6 +15,7 @@ from mountproc._job import Job
 from mountproc._jobfile import job_ref
 from mountproc._records import RunReport
 from mountproc._resolve import ResolvedRun, resolve
+from mountproc._settings import CLUSTER_SETTINGS
 
 if TYPE_CHECKING:
     from mountproc._cluster.client import Client
@@ -51,7 +52,7 @@ def run(
     if task is not None and not task.is_primary:
         return _serve_as_member(loaded, resolved)
     s = resolved.settings
-    if client is None and not (s.scheduler or s.scheduler_file or s.cluster):
+    if client is None and not any(getattr(s, name) for name in CLUSTER_SETTINGS):
         warm.warm_up()  # the embedded cluster's workers import while this process does
     from mountproc._runner import Run  # Dask is imported only for a run
 

@@ -324,6 +324,10 @@ class RunSettings(BaseModel):
         return FailureBudget.parse(self.max_failures)
 
 
+CLUSTER_SETTINGS = ("scheduler", "scheduler_file", "cluster")
+"""The settings that give a run a cluster of its own instead of the embedded one."""
+
+
 def check_cluster_rules(s: RunSettings) -> None:
     """Raise ValueError when the cluster settings contradict each other."""
     existing = "--scheduler" if s.scheduler else "--scheduler-file" if s.scheduler_file else None

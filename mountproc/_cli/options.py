@@ -6,14 +6,14 @@ from __future__ import annotations
 import contextlib
 import os
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mountproc._errors import MountprocError, SettingsError
-from mountproc._settings import RunSettings, setting_extra
+from mountproc._settings import CLUSTER_SETTINGS, RunSettings, setting_extra
 
 if typing.TYPE_CHECKING:  # the rest is imported where used: --help needs none of it
     from pydantic.fields import FieldInfo
@@ -112,11 +112,7 @@ def job_params(job: Job, pairs: Sequence[str], extra: Sequence[str]) -> dict[str
     return params
 
 
-CLUSTER_SETTINGS = ("scheduler", "scheduler_file", "cluster")
-"""The settings that give a run a cluster of its own instead of the embedded one."""
-
-
-def names_a_cluster(values: dict[str, Any], environ: dict[str, str]) -> bool:
+def names_a_cluster(values: Mapping[str, Any], environ: Mapping[str, str]) -> bool:
     """Whether the command line, the environment (under any of the settings' names) or
     Valohai's parameters may give the run a cluster: read before the job and the settings
     load, to know early whether the embedded cluster's workers can start warming up. A

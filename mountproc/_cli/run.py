@@ -39,7 +39,7 @@ def run(ctx: click.Context, /, job_file: str, **values: Any) -> None:
     """
 
     def action() -> None:
-        if not names_a_cluster(values, dict(os.environ)):
+        if not names_a_cluster(values, os.environ):
             from mountproc._cluster import warm
 
             warm.warm_up()  # the embedded cluster's workers import while the job and Dask load
