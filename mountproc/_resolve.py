@@ -50,7 +50,8 @@ class _DictSource(PydanticBaseSettingsSource):
 
 class _EnvSource(EnvSettingsSource):
     """The environment, without the bare field names (``OUTPUTS``, ``SCHEDULER``) that the
-    first alias choice would otherwise read, before ``MOUNTPROC_*`` at that."""
+    first alias choice would otherwise read, before ``MOUNTPROC_*`` at that: the variables
+    ``_settings.env_names`` lists, in the alias's order."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         bare = field_name if self.case_sensitive else field_name.lower()

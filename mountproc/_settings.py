@@ -55,6 +55,16 @@ def _setting(
     )
 
 
+def env_names(name: str) -> list[str]:
+    """The environment variables a setting is read from: ``MOUNTPROC_NAME`` and the other
+    names its alias gives (``VH_OUTPUTS_DIR``, ``DASK_SCHEDULER_ADDRESS``), never the bare
+    field name: ``OUTPUTS`` or ``SCHEDULER`` in an environment may mean anything."""
+    alias = RunSettings.model_fields[name].validation_alias
+    if not isinstance(alias, AliasChoices):
+        return [f"MOUNTPROC_{name.upper()}"]
+    return [c for c in alias.choices if isinstance(c, str) and c != name]
+
+
 def setting_extra(name: str) -> dict[str, Any]:
     """What ``_setting`` declared of a field besides pydantic's own (metavar, flag, valohai)."""
     extra = RunSettings.model_fields[name].json_schema_extra

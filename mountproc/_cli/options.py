@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from mountproc._errors import MountprocError, SettingsError
-from mountproc._settings import CLUSTER_SETTINGS, RunSettings, setting_extra
+from mountproc._settings import CLUSTER_SETTINGS, RunSettings, env_names, setting_extra
 
 if typing.TYPE_CHECKING:  # the rest is imported where used: --help needs none of it
     from pydantic.fields import FieldInfo
@@ -125,9 +125,7 @@ def names_a_cluster(values: Mapping[str, Any], environ: Mapping[str, str]) -> bo
         return True
     given = {k.lower() for k, v in environ.items() if v}  # as pydantic-settings reads them
     for name in CLUSTER_SETTINGS:
-        alias = RunSettings.model_fields[name].validation_alias
-        names = getattr(alias, "choices", [f"MOUNTPROC_{name}"])
-        if values.get(name) or valohai.get(name) or given & {str(n).lower() for n in names}:
+        if values.get(name) or valohai.get(name) or given & {n.lower() for n in env_names(name)}:
             return True
     return False
 
